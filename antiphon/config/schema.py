@@ -1,0 +1,156 @@
+"""Typed schema of every config group.
+
+Hydra merges the YAML tree under ``configs/`` into these dataclasses, so a misspelt key or a value of
+the wrong type fails at composition time -- before any Ray actor starts -- with the full key path.
+This module imports nothing heavier than the standard library: it must load on a machine without
+torch, vLLM or Ray (a laptop editing a sweep, a CI lint job).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the locally built Qwen2-Audio-architecture policy (used when ``model.path`` is unset)."""
+
+    seed: int = 0
+    vocab_size: int = 640  # BPE merges trained locally; special tokens come on top
+    hidden_size: int = 128
+    intermediate_size: int = 352
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2  # head_dim 64: a size vLLM's CPU attention supports
+    num_key_value_heads: int = 1
+    max_position_embeddings: int = 4096
+    audio_d_model: int = 64
+    audio_layers: int = 2
+    audio_heads: int = 2
+    audio_ffn_dim: int = 128
+    num_mel_bins: int = 128
+
+
+@dataclass
+class ModelConfig:
+    # A Hugging Face-format checkpoint directory (e.g. Qwen2-Audio-7B-Instruct on local disk).
+    # Unset: the tiny policy is built from ``tiny`` into ``cache_dir`` (deterministic from its seed).
+    path: Optional[str] = None
+    cache_dir: str = "${oc.env:ANTIPHON_CACHE,'~/.cache/antiphon'}"
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    dtype: DType = DType.float32
+    max_model_len: int = 2048
+    sample_rate: int = 16000  # audio fed to the policy is resampled to this rate
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 2
+    device: Device = Device.cpu
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 0.0
+    tensor_parallel_size: int = 1
+    max_num_seqs: int = 32
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+    seed: int = 0  # worker i samples with seed + i
+    enforce_eager: bool = True
+    kv_cache_gib: float = 1.0  # CPU KV cache per worker
+    gpu_memory_utilization: float = 0.85
+    max_audio_clips_per_prompt: int = 8
+    startup_timeout_s: float = 300.0
+    # Extra environment for the worker processes (merged over antiphon's CPU defaults).
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SimulatorConfig:
+    # The user side of a dialogue. Any importable class works: ``simulator._target_=my_pkg.MySim``;
+    # add its own parameters with ``+simulator.<name>=<value>``.
+    _target_: str = "simulator.synthetic.SyntheticSpeaker"
+    seed: int = 0
+    sample_rate: int = 16000
+
+
+@dataclass
+class RewardComponentConfig:
+    _target_: str = "???"
+    name: str = "???"
+    weight: float = 1.0
+
+
+@dataclass
+class RewardConfig:
+    components: List[Any] = field(default_factory=list)
+
+
+@dataclass
+class LearnerConfig:
+    device: Device = Device.cpu
+    dtype: DType = DType.float32
+    lr: float = 1.0e-5
+    seed: int = 0
+
+
+@dataclass
+class TransportConfig:
+    # Unset: the launcher starts an embedded Valkey server on loopback.
+    url: Optional[str] = None
+    password_env: Optional[str] = "ANTIPHON_REDIS_PASSWORD"
+    password_file: Optional[str] = None
+    namespace: str = "${experiment.name}"
+
+
+@dataclass
+class ClusterConfig:
+    # Unset: a local Ray instance (``ray.init()``). ``auto`` or ``ray://host:10001``: an existing cluster.
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    namespace: str = "antiphon"
+    include_dashboard: bool = False
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "tiny_cpu"
+    seed: int = 0
+    run_dir: Optional[str] = None  # unset: the Hydra run directory
+    num_prompts: int = 64  # prompts per rollout round in the demo
+    rounds: int = 2
+
+
+@dataclass
+class AntiphonConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+
+
+GROUP_SCHEMAS = {
+    "model": ModelConfig,
+    "rollout": RolloutConfig,
+    "simulator": SimulatorConfig,
+    "reward": RewardConfig,
+    "learner": LearnerConfig,
+    "transport": TransportConfig,
+    "cluster": ClusterConfig,
+    "experiment": ExperimentConfig,
+}
