@@ -30,7 +30,7 @@ CPU_ENV_DEFAULTS = {
 
 
 def engine_env(rollout_cfg: Mapping[str, Any]) -> Dict[str, str]:
-    env: Dict[str, str] = {}
+    env: Dict[str, str] = {"VLLM_LOGGING_LEVEL": str(rollout_cfg.get("log_level", "ERROR")).upper()}
     if rollout_cfg["device"] == "cpu":
         env.update(CPU_ENV_DEFAULTS)
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(float(rollout_cfg["kv_cache_gib"])))))

@@ -72,6 +72,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.85
     max_audio_clips_per_prompt: int = 8
     startup_timeout_s: float = 300.0
+    log_level: str = "ERROR"  # vLLM's own logging inside the workers (VLLM_LOGGING_LEVEL)
     # Extra environment for the worker processes (merged over antiphon's CPU defaults).
     env: Dict[str, str] = field(default_factory=dict)
 
