@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -89,6 +90,9 @@ class RolloutEngine:
         self._weights_dir = Path(tempfile.mkdtemp(prefix="antiphon-weights-"))
         self._sampling = None
         self.sample_rate = int(model_cfg.get("sample_rate", 16000))
+        self._embed_audio = str(rollout_cfg.get("audio_input", "embeddings")) == "embeddings"
+        self._frontend = None
+        self._embed_cache: "OrderedDict[bytes, Any]" = OrderedDict()
 
     @classmethod
     async def create(cls, model_path, rollout_cfg, model_cfg, seed: int) -> "RolloutEngine":
@@ -123,12 +127,15 @@ class RolloutEngine:
             gpu_memory_utilization=float(r["gpu_memory_utilization"]),
             distributed_executor_backend="uni" if on_cpu or int(r["tensor_parallel_size"]) == 1 else None,
             limit_mm_per_prompt={"audio": int(r["max_audio_clips_per_prompt"])},
+            enable_mm_embeds=self._embed_audio,
             # The log-prob of what was actually sampled from: after temperature and the token mask.
             logprobs_mode="processed_logprobs",
             enable_prefix_caching=True,
             disable_log_stats=True,
         )
         self._engine = AsyncLLM.from_engine_args(args)
+        if self._embed_audio:
+            self._frontend = self._build_frontend()
         tok = AutoTokenizer.from_pretrained(self.model_path)
         with safe_open(str(Path(self.model_path) / "model.safetensors"), "pt") as f:
             self._param_shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -145,6 +152,53 @@ class RolloutEngine:
             detokenize=False,
             skip_special_tokens=False,
         )
+
+    def _build_frontend(self):
+        """The policy's audio tower + projector, outside the engine, fed only each clip's own frames."""
+        import torch
+        from safetensors import safe_open
+        from transformers import AutoConfig, AutoFeatureExtractor
+        from transformers.models.qwen2_audio.modeling_qwen2_audio import (Qwen2AudioEncoder,
+                                                                          Qwen2AudioMultiModalProjector)
+
+        from antiphon.model.audio import AudioFrontend
+
+        cfg = AutoConfig.from_pretrained(self.model_path)
+        tower, projector = Qwen2AudioEncoder(cfg.audio_config), Qwen2AudioMultiModalProjector(cfg)
+        frontend = AudioFrontend(tower, projector, AutoFeatureExtractor.from_pretrained(self.model_path))
+        with safe_open(str(Path(self.model_path) / "model.safetensors"), "pt") as f:
+            self._load_frontend(frontend, {k: f.get_tensor(k) for k in f.keys()})
+        device = "cuda" if self.rollout_cfg["device"] == "cuda" else "cpu"
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            str(self.model_cfg["dtype"])]
+        return frontend.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+    @staticmethod
+    def _load_frontend(frontend, state_dict: Mapping[str, Any]) -> None:
+        own = {k: v for k, v in state_dict.items() if k.startswith(("audio_tower.", "multi_modal_projector."))}
+        frontend.load_state_dict(own, strict=True)
+
+    def _encode_audio(self, clips: List[np.ndarray]) -> List[Any]:
+        """Embeddings per clip, cached by content for the current weights (dialogue turns resend history)."""
+        import hashlib
+
+        import torch
+
+        keys = [hashlib.blake2b(np.ascontiguousarray(c, dtype=np.float32).tobytes(), digest_size=16).digest()
+                for c in clips]
+        todo = [i for i, k in enumerate(keys) if k not in self._embed_cache]
+        if todo:
+            with torch.inference_mode():
+                fresh = self._frontend([clips[i] for i in todo])
+            for i, e in zip(todo, fresh):
+                self._embed_cache[keys[i]] = e.float().cpu()
+        out = []
+        for k in keys:
+            self._embed_cache.move_to_end(k)
+            out.append(self._embed_cache[k])
+        while len(self._embed_cache) > 4096:
+            self._embed_cache.popitem(last=False)
+        return out
 
     # -- generation -----------------------------------------------------------------------------
     def _check_request(self, req: GenerationRequest) -> None:
@@ -171,11 +225,14 @@ class RolloutEngine:
             params = params.clone()
             params.max_tokens = int(req.max_new_tokens)
         prompt: Dict[str, Any] = {"prompt_token_ids": list(req.prompt_ids)}
-        if req.audio:
-            prompt["multi_modal_data"] = {
-                "audio": [(np.asarray(a, dtype=np.float32), self.sample_rate) for a in req.audio]}
         async with self._gate.generating():
             version = self.version
+            if req.audio and self._embed_audio:
+                embeds = await asyncio.to_thread(self._encode_audio, list(req.audio))
+                prompt["multi_modal_data"] = {"audio": {"audio_embeds": embeds}}
+            elif req.audio:
+                prompt["multi_modal_data"] = {
+                    "audio": [(np.asarray(a, dtype=np.float32), self.sample_rate) for a in req.audio]}
             final = None
             async for out in self._engine.generate(prompt, params, request_id=f"{req.request_id}-{uuid.uuid4().hex[:8]}"):
                 final = out
@@ -226,6 +283,9 @@ class RolloutEngine:
             # Cached KV blocks and encoder outputs were computed by the old weights.
             await self._engine.reset_prefix_cache()
             await self._engine.reset_encoder_cache()
+            if self._frontend is not None:
+                self._load_frontend(self._frontend, state_dict)
+                self._embed_cache.clear()
             self.version = int(version)
         for old in self._weights_dir.iterdir():
             if old != stage:

@@ -6,6 +6,7 @@ learner that every worker reads from the object store -- and are loaded in place
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any, Dict, List, Mapping
@@ -63,8 +64,23 @@ def launch_workers(model_path: str, rollout_cfg: Mapping[str, Any], model_cfg: M
         runtime_env={"env_vars": engine_env(rollout_cfg)},
         max_concurrency=1000,  # many dialogues' requests in flight at once
     )
+    cpus, gpus = float(rollout_cfg["num_cpus_per_worker"]), float(rollout_cfg["num_gpus_per_worker"])
+    total = ray.cluster_resources()
+    if n * cpus > total.get("CPU", 0) or n * gpus > total.get("GPU", 0):
+        # Not an error: an autoscaling cluster grows to fit. The start-up timeout below bounds the wait.
+        logging.getLogger("antiphon").warning(
+            "rollout.num_workers=%d x (num_cpus_per_worker=%s, num_gpus_per_worker=%s) exceeds the Ray cluster's "
+            "current CPU=%s, GPU=%s; waiting up to rollout.startup_timeout_s for resources", n, cpus, gpus,
+            total.get("CPU", 0), total.get("GPU", 0))
     workers = [actor_cls.remote(i, model_path, rollout_cfg, model_cfg) for i in range(n)]
-    ray.get([w.start.remote() for w in workers], timeout=float(rollout_cfg["startup_timeout_s"]))
+    timeout = float(rollout_cfg["startup_timeout_s"])
+    try:
+        ray.get([w.start.remote() for w in workers], timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        for w in workers:
+            ray.kill(w)
+        raise TimeoutError(f"rollout workers not ready after rollout.startup_timeout_s={timeout}; Ray has "
+                           f"{ray.available_resources()} free for {n} x {cpus} CPU / {gpus} GPU") from None
     return workers
 
 

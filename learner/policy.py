@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
 
+from antiphon.model.audio import AudioFrontend
 from antiphon.model.chat import expand_audio_placeholders
 from antiphon.model.tokens import structural_token_ids
 from antiphon.model.weights import to_checkpoint_state_dict
@@ -50,57 +51,54 @@ class PolicyModel:
         banned[structural_token_ids(self.tokenizer)] = True
         banned[len(self.tokenizer):] = True  # spare embedding rows no token maps to
         self.banned = banned.to(self.device)
+        self.frontend = AudioFrontend(self.model.model.audio_tower, self.model.model.multi_modal_projector,
+                                      self.feature_extractor)
 
     # -- inputs ---------------------------------------------------------------------------------
-    def _features(self, clips: Sequence[np.ndarray]):
-        feats = self.feature_extractor(list(clips), sampling_rate=self.sample_rate, return_attention_mask=True,
-                                       padding="max_length", return_tensors="pt")
-        mask = feats["attention_mask"]
-        lengths = mask.sum(-1)
-        counts = ((((lengths - 1) // 2 + 1) - 2) // 2 + 1).tolist()
-        return feats["input_features"], mask, counts
-
-    def build_batch(self, samples: Sequence[Sample]) -> Dict[str, torch.Tensor]:
-        """Right-padded expanded ids, attention mask, audio features, and where each completion sits."""
-        clips = [c for s in samples for c in s.audio]
-        counts: List[int] = []
-        feats = fmask = None
-        if clips:
-            feats, fmask, counts = self._features(clips)
-        seqs, starts = [], []
-        k = 0
+    def build_batch(self, samples: Sequence[Sample]) -> Dict[str, Any]:
+        """Right-padded expanded ids, attention mask, the clips in order, and where each completion sits."""
+        seqs, starts, clips = [], [], []
         for s in samples:
-            n = len(s.audio)
-            prompt = expand_audio_placeholders(s.prompt_ids, self.audio_token_id, counts[k:k + n])
-            k += n
+            counts = [self.frontend.num_embeddings(len(c)) for c in s.audio]
+            prompt = expand_audio_placeholders(s.prompt_ids, self.audio_token_id, counts)
             starts.append(len(prompt))
             seqs.append(prompt + list(s.completion_ids))
+            clips.extend(s.audio)
         width = max(len(x) for x in seqs)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        input_ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
         attn = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, x in enumerate(seqs):
             input_ids[i, :len(x)] = torch.tensor(x)
             attn[i, :len(x)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attn,
-                 "completion_start": torch.tensor(starts), "completion_len": torch.tensor(
-                     [len(s.completion_ids) for s in samples])}
-        if feats is not None:
-            batch["input_features"], batch["feature_attention_mask"] = feats, fmask
-        return batch
+        return {"input_ids": input_ids, "attention_mask": attn, "clips": clips,
+                "completion_start": torch.tensor(starts),
+                "completion_len": torch.tensor([len(s.completion_ids) for s in samples])}
 
     # -- forward --------------------------------------------------------------------------------
-    def forward_logprobs(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Log-prob of every next token [B, T-1] under the sampling distribution (differentiable)."""
-        inputs = {k: v.to(self.device) for k, v in batch.items()
-                  if k in ("input_ids", "attention_mask", "input_features", "feature_attention_mask")}
+    def forward_logits(self, batch: Dict[str, Any]) -> torch.Tensor:
+        """Next-token logits [B, T-1, V] of the sampling distribution: temperature applied, structural tokens -inf."""
+        input_ids = batch["input_ids"].to(self.device)
+        attn = batch["attention_mask"].to(self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                             enabled=self.autocast_dtype != torch.float32):
-            logits = self.model(**inputs, use_cache=False).logits[:, :-1]
+            embeds = self.model.get_input_embeddings()(input_ids)
+            if batch["clips"]:
+                # Audio embeddings over each clip's own frames (see antiphon.model.audio), in prompt order.
+                audio = torch.cat(self.frontend(batch["clips"]), dim=0).to(embeds.dtype)
+                slots = (input_ids == self.audio_token_id).unsqueeze(-1)
+                if int(slots.sum()) != audio.shape[0]:
+                    raise ValueError(f"{int(slots.sum())} audio placeholders for {audio.shape[0]} audio embeddings")
+                embeds = embeds.masked_scatter(slots, audio)
+            hidden = self.model.model.language_model(inputs_embeds=embeds, attention_mask=attn,
+                                                     use_cache=False).last_hidden_state
+            logits = self.model.lm_head(hidden[:, :-1])
         logits = logits.float() / self.temperature
-        logits = logits.masked_fill(self.banned, float("-inf"))
-        logp = torch.log_softmax(logits, dim=-1)
-        targets = inputs["input_ids"][:, 1:]
+        return logits.masked_fill(self.banned, float("-inf"))
+
+    def forward_logprobs(self, batch: Dict[str, Any]) -> torch.Tensor:
+        """Log-prob of every next token [B, T-1] under the sampling distribution (differentiable)."""
+        logp = torch.log_softmax(self.forward_logits(batch), dim=-1)
+        targets = batch["input_ids"][:, 1:].to(self.device)
         # Targets that are banned (e.g. a pad or placeholder position) would give -inf; zero them here
         # so masks downstream decide what counts, and no NaN reaches a gradient.
         out = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

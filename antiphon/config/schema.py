@@ -17,6 +17,14 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class AudioInput(str, Enum):
+    # Rollout workers encode each clip over its own frames and hand the engine embeddings (exactly the
+    # full-window result, far cheaper for short turns; see antiphon/model/audio.py) ...
+    embeddings = "embeddings"
+    # ... or hand the engine raw waveforms and let it encode the full 30 s window.
+    waveform = "waveform"
+
+
 class DType(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
@@ -71,6 +79,7 @@ class RolloutConfig:
     kv_cache_gib: float = 1.0  # CPU KV cache per worker
     gpu_memory_utilization: float = 0.85
     max_audio_clips_per_prompt: int = 8
+    audio_input: AudioInput = AudioInput.embeddings
     startup_timeout_s: float = 300.0
     log_level: str = "ERROR"  # vLLM's own logging inside the workers (VLLM_LOGGING_LEVEL)
     # Extra environment for the worker processes (merged over antiphon's CPU defaults).

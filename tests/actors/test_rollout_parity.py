@@ -138,3 +138,22 @@ def test_parity_after_learner_perturbs_and_broadcasts(setup, tiny_path):
     assert [r.token_ids for r in after0] != [r.token_ids for r in before]
     with pytest.raises(Exception, match="not newer"):
         ray.get(workers[0].load_weights.remote(policy.state_dict_for_rollout(), 1))
+
+
+def test_engine_side_audio_encoding_gives_the_same_policy(tiny_path, ray_local, setup):
+    """``rollout.audio_input=waveform`` (vLLM encodes the padded 30 s window itself) matches the learner too."""
+    from actors import launch_workers
+
+    _, policy = setup
+    policy = PolicyModel(tiny_path)  # the fixture's copy was perturbed by the broadcast test
+    # The module's two workers hold both CPUs: this third one runs beside them without a reservation.
+    cfg = compose(["rollout.max_new_tokens=24", "rollout.audio_input=waveform", "rollout.num_cpus_per_worker=0",
+                   "+rollout.env.OMP_NUM_THREADS=1"])
+    (worker,) = launch_workers(str(tiny_path), to_plain(cfg.rollout), to_plain(cfg.model), num_workers=1)
+    try:
+        reqs = [q for q in _requests(policy, n=8, seed=5) if q.audio]
+        worst, diffs = _max_diff(policy, reqs, ray_local.get(worker.generate.remote(reqs)))
+        assert worst < TOL, diffs
+    finally:
+        ray_local.get(worker.shutdown.remote())
+        ray_local.kill(worker)

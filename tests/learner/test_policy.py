@@ -44,15 +44,32 @@ def test_audio_changes_the_logprobs(policy):
 
 def test_structural_tokens_have_zero_probability(policy):
     batch = policy.build_batch(_samples(policy)[:1])
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "input_features", "feature_attention_mask")}
     with torch.no_grad():
-        logits = policy.model(**inputs).logits.float() / policy.temperature
-    probs = torch.softmax(logits.masked_fill(policy.banned, float("-inf")), -1)
+        masked = policy.forward_logits(batch)
+    probs = torch.softmax(masked, -1)
     banned = structural_token_ids(policy.tokenizer)
     assert float(probs[..., banned].max()) == 0.0
-    # The mask renormalises: allowed tokens carry all the mass, and more than they would unmasked.
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]))
-    assert float(torch.softmax(logits, -1)[..., banned].sum(-1).min()) > 0
+    # Without the mask the model does put mass on them: the mask is what keeps them out.
+    raw = masked.clone()
+    raw[..., banned] = 0.0
+    assert float(torch.softmax(raw, -1)[..., banned].sum(-1).min()) > 0
+
+
+def test_learner_matches_plain_transformers_forward(policy, tiny_path):
+    """The trimmed audio path computes the same policy as transformers' own full-window Qwen2-Audio."""
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(tiny_path)
+    for s in _samples(policy):
+        text = policy.tokenizer.decode(s.prompt_ids + s.completion_ids)
+        inputs = proc(text=text, audio=s.audio or None, sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            logits = policy.model(**inputs).logits[0, :-1].float()
+        logits = logits.masked_fill(policy.banned, float("-inf"))
+        logp = torch.log_softmax(logits, -1).gather(-1, inputs["input_ids"][0, 1:, None])[:, 0]
+        n = len(s.completion_ids)
+        np.testing.assert_allclose(policy.completion_logprobs([s])[0], logp[-n:].numpy(), atol=1e-5)
 
 
 def test_temperature_scales_the_distribution(tiny_path):

@@ -1,0 +1,87 @@
+"""The policy's audio front end, computed over only the frames each clip needs.
+
+Qwen2-Audio pads every clip to a 30 s window (3000 log-mel frames) and masks the padding inside the
+encoder. The outputs kept for a clip of N frames depend only on frames [0, N+2) (two stride-2 convs
+with kernel 3 see at most two frames past the end; attention never looks at masked keys; the pooled
+pairs stay inside the valid span). So encoding N+2 frames reproduces the full-window result for
+those positions -- to fp32 rounding -- at a fraction of the cost for short spoken turns. The rollout
+workers send these embeddings to the engine and the learner trains through the same code, so the two
+sides compute one function.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+HOP = 160  # samples per mel frame at 16 kHz
+WIN = 400  # STFT window
+
+
+class AudioFrontend(nn.Module):
+    def __init__(self, audio_tower: nn.Module, projector: nn.Module, feature_extractor):
+        super().__init__()
+        self.audio_tower = audio_tower
+        self.multi_modal_projector = projector  # named as in the checkpoint, so its keys load as they are
+        self.fe = feature_extractor
+        self.max_frames = int(feature_extractor.nb_max_frames)  # the full window (3000 for 30 s)
+        self.sample_rate = int(feature_extractor.sampling_rate)
+
+    @staticmethod
+    def output_lengths(frames: int) -> Tuple[int, int]:
+        """(positions after the convs, embeddings kept) for ``frames`` valid mel frames."""
+        after_conv = (frames - 1) // 2 + 1
+        return after_conv, (after_conv - 2) // 2 + 1
+
+    def num_embeddings(self, num_samples: int) -> int:
+        """Audio placeholders a clip of ``num_samples`` occupies in the prompt."""
+        if num_samples < 1:
+            raise ValueError("empty audio clip")
+        return self.output_lengths(min(self.max_frames, -(-num_samples // HOP)))[1]
+
+    def features(self, clip: np.ndarray) -> Tuple[torch.Tensor, int]:
+        """Log-mel frames [mel, N+2] equal to frames [0, N+2) of the padded full window, and N."""
+        clip = np.asarray(clip, dtype=np.float32)[: self.max_frames * HOP]
+        n_valid = min(self.max_frames, -(-len(clip) // HOP))  # the extractor rounds up
+        n_frames = min(self.max_frames, n_valid + 2)
+        # Zeros past the clip, as in the padded window, far enough that no frame we keep sees an edge.
+        padded = np.zeros((n_frames + 1) * HOP + WIN, dtype=np.float32)
+        padded[: len(clip)] = clip
+        if n_frames == self.max_frames:  # the window's own end: no look-ahead frames exist there
+            padded = np.zeros(self.max_frames * HOP, dtype=np.float32)
+            padded[: len(clip)] = clip
+        feats = self.fe(padded, sampling_rate=self.sample_rate, padding="longest", return_tensors="pt",
+                        return_attention_mask=False)["input_features"][0]
+        return feats[:, :n_frames], n_valid
+
+    def forward(self, clips: Sequence[np.ndarray]) -> List[torch.Tensor]:
+        """One [tokens_i, text_hidden] tensor per clip (differentiable w.r.t. the tower and projector)."""
+        if not clips:
+            return []
+        tower = self.audio_tower
+        feats, valid = zip(*(self.features(c) for c in clips))
+        width = max(f.shape[1] for f in feats)
+        width += width % 2  # even frame count: conv2 then yields width/2 positions
+        param = tower.conv1.weight
+        x = torch.zeros(len(feats), feats[0].shape[0], width, dtype=param.dtype, device=param.device)
+        for i, f in enumerate(feats):
+            x[i, :, : f.shape[1]] = f.to(param.dtype)
+        h = nn.functional.gelu(tower.conv1(x))
+        h = nn.functional.gelu(tower.conv2(h)).permute(0, 2, 1)
+        lens = [self.output_lengths(v) for v in valid]
+        seq = max(a for a, _ in lens)
+        h = h[:, :seq] + tower.embed_positions.weight[:seq]
+        key_pad = torch.arange(seq, device=h.device)[None, :] >= torch.tensor([a for a, _ in lens],
+                                                                              device=h.device)[:, None]
+        mask = torch.zeros(len(feats), 1, seq, seq, dtype=h.dtype, device=h.device)
+        mask.masked_fill_(key_pad[:, None, None, :], float("-inf"))
+        h = nn.functional.dropout(h, p=tower.dropout, training=tower.training)
+        for layer in tower.layers:
+            h = layer(h, mask)
+            if isinstance(h, tuple):
+                h = h[0]
+        h = tower.avg_pooler(h.permute(0, 2, 1)).permute(0, 2, 1)
+        h = self.multi_modal_projector(tower.layer_norm(h))
+        return [h[i, :kept] for i, (_, kept) in enumerate(lens)]

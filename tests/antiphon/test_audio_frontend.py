@@ -1,0 +1,60 @@
+"""The trimmed audio front end equals Qwen2-Audio's full 30 s window encoder on every kept position."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from antiphon.model.audio import AudioFrontend
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_path):
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_path, dtype=torch.float32).eval()
+    proc = AutoProcessor.from_pretrained(tiny_path)
+    front = AudioFrontend(model.model.audio_tower, model.model.multi_modal_projector, proc.feature_extractor)
+    return model, proc, front
+
+
+def _full_window(model, proc, clips):
+    f = proc.feature_extractor(clips, sampling_rate=16000, return_attention_mask=True, padding="max_length",
+                               return_tensors="pt")
+    tower = model.model.audio_tower
+    conv_len, kept = tower._get_feat_extract_output_lengths(f["attention_mask"].sum(-1))
+    seq = tower.config.max_source_positions
+    pad = torch.arange(seq)[None] >= conv_len[:, None]
+    mask = torch.zeros(len(clips), 1, seq, seq).masked_fill(pad[:, None, None, :], float("-inf"))
+    out = model.model.multi_modal_projector(tower(f["input_features"], attention_mask=mask).last_hidden_state)
+    return [out[i, :k] for i, k in enumerate(kept.tolist())]
+
+
+@pytest.mark.parametrize("lengths", [
+    [1600, 15999, 16000, 16100, 33333],  # short turns, frame-boundary cases, odd/even frame counts
+    [160 * 7 + 3, 2000, 41000],
+    [479_000, 480_000, 600_000],  # up to, at and past the 30 s window
+])
+def test_trimmed_equals_full_window(parts, lengths):
+    model, proc, front = parts
+    rng = np.random.default_rng(len(lengths))
+    clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
+    with torch.no_grad():
+        mine, ref = front(clips), _full_window(model, proc, clips)
+    for n, a, b in zip(lengths, mine, ref):
+        assert a.shape == b.shape and a.shape[0] == front.num_embeddings(n)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_gradients_reach_the_audio_tower(parts):
+    _, _, front = parts
+    out = front([np.random.default_rng(0).standard_normal(8000).astype(np.float32)])
+    out[0].sum().backward()
+    assert front.audio_tower.conv1.weight.grad.abs().sum() > 0
+    assert front.multi_modal_projector.linear.weight.grad.abs().sum() > 0
+    front.zero_grad(set_to_none=True)
+
+
+def test_empty_clip_is_refused(parts):
+    with pytest.raises(ValueError, match="empty"):
+        parts[2].num_embeddings(0)
