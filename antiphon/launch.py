@@ -31,11 +31,11 @@ def _init_ray(cluster: DictConfig, num_cpus_needed: float) -> None:
     import ray
 
     if cluster.address:
-        ray.init(address=cluster.address, namespace=cluster.namespace, log_to_driver=True)
+        ray.init(address=cluster.address, namespace=cluster.namespace, log_to_driver=cluster.log_to_driver)
     else:
         num_cpus = cluster.num_cpus or max(int(num_cpus_needed + 0.999), os.cpu_count() or 1)
         ray.init(num_cpus=num_cpus, namespace=cluster.namespace, include_dashboard=cluster.include_dashboard,
-                 log_to_driver=True)
+                 log_to_driver=cluster.log_to_driver)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
@@ -50,6 +50,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from antiphon.model.tiny import resolve_model_path
     from learner.policy import PolicyModel, Sample
 
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     model_path = resolve_model_path(cfg.model)

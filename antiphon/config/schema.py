@@ -131,6 +131,9 @@ class ClusterConfig:
     num_cpus: Optional[int] = None
     namespace: str = "antiphon"
     include_dashboard: bool = False
+    # Stream actors' stdout/stderr to the driver. Off: they stay in Ray's session logs
+    # (/tmp/ray/session_latest/logs); actor exceptions still surface with their tracebacks.
+    log_to_driver: bool = True
 
 
 @dataclass
