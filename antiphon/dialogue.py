@@ -1,0 +1,126 @@
+"""The dialogue contract: what a user simulator, a voice and the rollout loop exchange.
+
+A dialogue is driven by the rollout worker:
+
+    sim = <simulator._target_>(**params)          # one instance per dialogue: keep its state on self
+    user = await sim.start(scenario)              # the user speaks first
+    while not user.done and turns < cap:
+        agent = <policy replies to the history + user.audio, voiced by the agent voice>
+        user = await sim.react(agent)             # may carry feedback on the agent turn, may end it
+    await sim.close()
+
+Plain data only, so simulators can live in any package (``simulator._target_=my_pkg.MySim``).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+EMOTIONS = ("neutral", "calm", "happy", "excited", "sad", "angry", "anxious", "tired")
+
+
+@dataclass
+class Prosody:
+    """Relative voice settings: 1.0 is the voice's default."""
+
+    pitch: float = 1.0
+    rate: float = 1.0
+    energy: float = 1.0
+
+
+# How an emotion is voiced, and how the emotional-continuity reward reads it back from audio.
+EMOTION_PROSODY: Dict[str, Prosody] = {
+    "neutral": Prosody(1.0, 1.0, 1.0),
+    "calm": Prosody(0.9, 0.85, 0.8),
+    "happy": Prosody(1.25, 1.1, 1.2),
+    "excited": Prosody(1.4, 1.3, 1.4),
+    "sad": Prosody(0.8, 0.75, 0.6),
+    "angry": Prosody(1.15, 1.2, 1.6),
+    "anxious": Prosody(1.3, 1.35, 0.9),
+    "tired": Prosody(0.85, 0.7, 0.6),
+}
+
+
+@dataclass
+class Question:
+    """A verifiable question the user asks at ``turn`` (0-based user turn), with its reference answer."""
+
+    turn: int
+    text: str
+    answer: str
+
+
+@dataclass
+class Scenario:
+    scenario_id: str
+    persona: str = ""
+    goal: str = ""
+    emotion_arc: List[str] = field(default_factory=lambda: ["neutral"])  # the user's emotion per user turn
+    questions: List[Question] = field(default_factory=list)
+    disclosures: List[str] = field(default_factory=list)  # facts the user reveals, one per turn, in order
+    max_turns: int = 3  # agent turns
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"scenario_id": self.scenario_id, "persona": self.persona, "goal": self.goal,
+                "emotion_arc": list(self.emotion_arc), "disclosures": list(self.disclosures),
+                "questions": [{"turn": q.turn, "text": q.text, "answer": q.answer} for q in self.questions],
+                "max_turns": self.max_turns, "meta": dict(self.meta)}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Scenario":
+        return cls(scenario_id=str(d["scenario_id"]), persona=d.get("persona", ""), goal=d.get("goal", ""),
+                   emotion_arc=list(d.get("emotion_arc") or ["neutral"]),
+                   questions=[Question(int(q["turn"]), q["text"], str(q["answer"])) for q in d.get("questions", [])],
+                   disclosures=list(d.get("disclosures", [])), max_turns=int(d.get("max_turns", 3)),
+                   meta=dict(d.get("meta", {})))
+
+
+@dataclass
+class UserTurn:
+    text: str
+    audio: np.ndarray  # float32 mono in [-1, 1]
+    sample_rate: int
+    emotion: Optional[str] = None  # the emotion it was spoken with
+    feedback: Optional[float] = None  # the user's score of the previous agent turn, in [0, 1]
+    done: bool = False  # the user ends the dialogue; no agent turn follows
+    question: Optional[Question] = None  # set when this turn asks a verifiable question
+
+
+@dataclass
+class AgentTurn:
+    reasoning: str  # the <think> part
+    reply: str  # what was said, style tags removed
+    style: Optional[str]  # the style tag the reply carried, if any (see STYLE_TAGS)
+    audio: Optional[np.ndarray]  # the voiced reply (float32), None when the reply was empty
+    sample_rate: int
+    token_ids: List[int]
+    finish_reason: str
+
+
+class UserSimulator(abc.ABC):
+    """The user side of one dialogue. Create one instance per dialogue; keep dialogue state on ``self``."""
+
+    @abc.abstractmethod
+    async def start(self, scenario: Scenario) -> UserTurn:
+        """The user's opening turn."""
+
+    @abc.abstractmethod
+    async def react(self, agent: AgentTurn) -> UserTurn:
+        """The user's answer to the agent's turn (``done=True`` ends the dialogue)."""
+
+    async def close(self) -> None:
+        """Called once when the dialogue ends, for whatever reason (release per-dialogue resources)."""
+
+
+class Voice(abc.ABC):
+    """Text to speech. ``synthesize`` is blocking and thread-safe; callers run it off the event loop."""
+
+    sample_rate: int = 16000
+
+    @abc.abstractmethod
+    def synthesize(self, text: str, emotion: Optional[str] = None, prosody: Optional[Prosody] = None) -> np.ndarray:
+        """A float32 mono waveform in [-1, 1] at ``self.sample_rate``."""
