@@ -141,7 +141,7 @@ class RolloutEngine:
             self._param_shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         vocab = self._engine.model_config.get_vocab_size()
         self._allowed = allowed_token_ids(tok, min(vocab, len(tok)))
-        self._sampling = SamplingParams(
+        self._sampling_kwargs = dict(
             n=1,
             temperature=float(r["temperature"]),
             top_p=float(r["top_p"]),
@@ -152,6 +152,7 @@ class RolloutEngine:
             detokenize=False,
             skip_special_tokens=False,
         )
+        self._sampling = SamplingParams(**self._sampling_kwargs)
 
     def _build_frontend(self):
         """The policy's audio tower + projector, outside the engine, fed only each clip's own frames."""
@@ -221,9 +222,13 @@ class RolloutEngine:
     async def generate(self, req: GenerationRequest) -> GenerationResult:
         self._check_request(req)
         params = self._sampling
-        if req.max_new_tokens is not None:
-            params = params.clone()
-            params.max_tokens = int(req.max_new_tokens)
+        if req.max_new_tokens is not None or req.stop_token_ids:
+            from vllm import SamplingParams
+
+            kw = dict(self._sampling_kwargs, stop_token_ids=list(req.stop_token_ids))
+            if req.max_new_tokens is not None:
+                kw["max_tokens"] = int(req.max_new_tokens)
+            params = SamplingParams(**kw)
         prompt: Dict[str, Any] = {"prompt_token_ids": list(req.prompt_ids)}
         async with self._gate.generating():
             version = self.version

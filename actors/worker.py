@@ -38,13 +38,107 @@ class RolloutWorker:
     async def generate(self, requests: List[GenerationRequest]) -> List[GenerationResult]:
         return await self.engine.generate_batch(list(requests))
 
+    async def run_dialogues(self, scenarios: List[Dict[str, Any]], simulator_cfg: Dict[str, Any],
+                            run: str = "", transport_cfg: Dict[str, Any] | None = None) -> Dict[str, Any]:
+        """Runs the dialogues concurrently (``rollout.dialogue.max_concurrent`` at a time).
+
+        With ``transport_cfg`` each finished trajectory is appended to the run's ``trajectories`` stream
+        as soon as it ends (waiting there when consumers fall behind); without, the encoded trajectories
+        come back in ``"trajectories"``. Dialogues that end before any agent turn produce no trajectory
+        but are counted under their reason in ``"end_reasons"``.
+        """
+        import asyncio
+        import time
+        from collections import Counter
+
+        from actors.dialogue import Dialogue
+        from antiphon.dialogue import Scenario, simulator_factory
+        from antiphon.protocol import encode
+
+        self._ensure_dialogue_parts()
+        make_sim = simulator_factory(simulator_cfg, self.settings.sample_rate)
+        gate = asyncio.Semaphore(max(1, int(self.rollout_cfg["dialogue"]["max_concurrent"])))
+        reasons: Counter = Counter()
+        out: List[bytes] = []
+
+        async def one(sd: Dict[str, Any]) -> None:
+            async with gate:
+                try:
+                    sim = make_sim()
+                except Exception as e:  # a simulator that cannot even be built ends only its own dialogue
+                    reasons[f"simulator_error:init:{type(e).__name__}"] += 1
+                    return
+                d = Dialogue(self.engine, sim, Scenario.from_dict(sd), self.chat, self.agent_voice, self.settings,
+                             run=run, worker=self.index, tokens_per_clip=self.tokens_per_clip)
+                traj = await d.run()
+                reasons[d.end_reason] += 1
+                if traj is None:
+                    return
+                t1 = time.perf_counter()
+                payload = encode(traj)
+                if stream is None:
+                    out.append(payload)
+                else:
+                    # The id makes a retried publish (e.g. after a reconnect) land once.
+                    await transport.publish(stream, payload, id_hint=traj.trajectory_id)
+                timing["encode_publish_s"] += time.perf_counter() - t1
+                for t in traj.turns:
+                    for k, v in t.timing.items():
+                        timing[k] += v
+                published[0] += 1
+
+        transport, stream = None, None
+        if transport_cfg is not None:
+            transport = await self._transport(transport_cfg)
+            stream = transport.stream("trajectories")
+        timing: Counter = Counter()
+        published = [0]
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(sd) for sd in scenarios))
+        for r, n in reasons.items():
+            self.end_reasons[r] += n
+        return {"trajectories": out, "published": published[0], "end_reasons": dict(reasons),
+                "wall_s": time.perf_counter() - t0, "timing": dict(timing)}
+
+    async def _transport(self, transport_cfg: Dict[str, Any]):
+        if getattr(self, "transport", None) is None:
+            from antiphon.transport import from_config
+
+            self.transport = from_config(transport_cfg, asynchronous=True)
+        return self.transport
+
+    def _ensure_dialogue_parts(self) -> None:
+        if getattr(self, "chat", None) is not None:
+            return
+        from collections import Counter
+
+        from hydra.utils import instantiate
+        from transformers import AutoFeatureExtractor, AutoTokenizer
+
+        from actors.dialogue import DialogueSettings
+        from antiphon.model.chat import ChatFormat, audio_placeholder_count
+
+        self.chat = ChatFormat(AutoTokenizer.from_pretrained(self.model_path))
+        max_frames = int(AutoFeatureExtractor.from_pretrained(self.model_path).nb_max_frames)
+        self.tokens_per_clip = lambda n: audio_placeholder_count(n, max_frames)
+        self.settings = DialogueSettings.from_config(self.rollout_cfg, self.model_cfg)
+        voice_cfg = self.rollout_cfg.get("agent_voice")
+        self.agent_voice = instantiate(voice_cfg, sample_rate=self.settings.sample_rate) if voice_cfg else None
+        self.end_reasons = Counter()
+
+    def metrics(self) -> Dict[str, Any]:
+        return {"end_reasons": dict(getattr(self, "end_reasons", {}))}
+
     async def load_weights(self, state_dict: Mapping[str, Any], version: int) -> float:
         return await self.engine.load_weights(state_dict, version)
 
     def weight_version(self) -> int:
         return self.engine.version
 
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
+        if getattr(self, "transport", None) is not None:
+            await self.transport.close()
+            self.transport = None
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None

@@ -41,7 +41,12 @@ EMOTION_PROSODY: Dict[str, Prosody] = {
     "angry": Prosody(1.15, 1.2, 1.6),
     "anxious": Prosody(1.3, 1.35, 0.9),
     "tired": Prosody(0.85, 0.7, 0.6),
+    "gentle": Prosody(0.95, 0.85, 0.7),
+    "serious": Prosody(0.9, 0.95, 1.1),
 }
+
+# The style tags an agent reply may carry (part of this contract: the policy writes them, voices render them).
+from antiphon.style import STYLE_TAGS, parse_style  # noqa: E402,F401
 
 
 @dataclass
@@ -124,3 +129,36 @@ class Voice(abc.ABC):
     @abc.abstractmethod
     def synthesize(self, text: str, emotion: Optional[str] = None, prosody: Optional[Prosody] = None) -> np.ndarray:
         """A float32 mono waveform in [-1, 1] at ``self.sample_rate``."""
+
+
+# Keys of the simulator config that configure the scenario source, not the simulator class.
+_SCENARIO_KEYS = ("scenarios", "num_scenarios", "max_turns")
+# Schema keys offered to a simulator class only if its constructor takes them.
+_OPTIONAL_KEYS = ("voice", "seed", "sample_rate")
+
+
+def simulator_factory(sim_cfg: Dict[str, Any], sample_rate: int):
+    """A zero-argument callable making one simulator per dialogue from the ``simulator`` config (plain dict).
+
+    Keys added by the user (``+simulator.x=...``) must be constructor parameters; the schema's optional
+    keys go only to classes that accept them. Raises ValueError naming ``simulator.<key>`` otherwise.
+    """
+    import functools
+    import inspect
+
+    from hydra.utils import get_class
+
+    cfg = {k: v for k, v in sim_cfg.items() if k not in _SCENARIO_KEYS}
+    cls = get_class(cfg.pop("_target_"))
+    if not (isinstance(cls, type) and issubclass(cls, UserSimulator)):
+        raise ValueError(f"simulator._target_: {cls!r} is not a UserSimulator subclass")
+    cfg.setdefault("sample_rate", sample_rate)
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {}
+    for k, v in cfg.items():
+        if k in params or takes_any:
+            kwargs[k] = v
+        elif k not in _OPTIONAL_KEYS:
+            raise ValueError(f"simulator.{k}={v!r}: {cls.__name__} takes no parameter {k!r}")
+    return functools.partial(cls, **kwargs)

@@ -17,6 +17,7 @@ class GenerationRequest:
     prompt_ids: List[int]  # one <|AUDIO|> per clip; the engine expands it
     audio: List[np.ndarray] = field(default_factory=list)  # float32 mono, at the policy's sample rate
     max_new_tokens: Optional[int] = None  # None: rollout.max_new_tokens
+    stop_token_ids: List[int] = field(default_factory=list)  # extra tokens that end this request (kept in output)
 
 
 @dataclass

@@ -7,6 +7,7 @@ The reward service and the PPO learner are not wired in yet; the run says so at 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,100 +39,142 @@ def _init_ray(cluster: DictConfig, num_cpus_needed: float) -> None:
                  log_to_driver=cluster.log_to_driver)
 
 
+@contextlib.contextmanager
+def transport_for_run(cfg: DictConfig, run_dir: Path):
+    """The run's transport config as a plain dict with a usable ``url``: the configured server, or an
+    embedded Valkey (loopback, generated password, AOF on) that lives as long as the block."""
+    tcfg = to_plain(cfg.transport)
+    if tcfg.get("url"):
+        yield tcfg
+        return
+    from antiphon.transport import EmbeddedValkey
+
+    data_dir = Path(tcfg.get("data_dir") or run_dir / "valkey")
+    with EmbeddedValkey(data_dir, appendfsync=tcfg["appendfsync"]) as server:
+        _say(f"embedded Valkey on {server!r}, data in {data_dir}")
+        yield dict(tcfg, url=server.url)
+
+
+def _load_scenarios(sim_cfg: DictConfig, seed: int):
+    from simulator.scenarios import generate_scenarios, read_jsonl
+
+    if sim_cfg.scenarios:
+        return read_jsonl(sim_cfg.scenarios)
+    return generate_scenarios(sim_cfg.num_scenarios, seed=sim_cfg.seed + seed, max_turns=sim_cfg.max_turns)
+
+
+def collect(reader, stream: str, group: str, expected: int, timeout_s: float = 60.0):
+    """Reads ``expected`` trajectories from the stream through ``group`` (bad ones are dead-lettered)."""
+    from antiphon.protocol import decode
+
+    got, deadline = [], time.monotonic() + timeout_s
+    while len(got) < expected and time.monotonic() < deadline:
+        batch = reader.consume_validated(stream, group, "launcher", decode, count=64, block_ms=200)
+        if batch:
+            reader.ack(stream, group, [i for i, _ in batch])
+            got += [t for _, t in batch]
+    return got
+
+
 def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     import numpy as np
     import ray
     import torch
-    from hydra.utils import instantiate
+    import transformers
 
     from actors import broadcast_weights, launch_workers
-    from antiphon.generation import GenerationRequest
-    from antiphon.model.chat import ChatFormat
+    from antiphon.listen import write_dialogues
     from antiphon.model.tiny import resolve_model_path
-    from learner.policy import PolicyModel, Sample
-
-    import transformers
+    from antiphon.transport import from_config
+    from learner.policy import PolicyModel, behaviour_gap
 
     transformers.utils.logging.disable_progress_bar()
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     model_path = resolve_model_path(cfg.model)
     _say(f"policy: {model_path}")
-    rollout_cfg, model_cfg = to_plain(cfg.rollout), to_plain(cfg.model)
-    speaker = instantiate(cfg.simulator)
+    rollout_cfg, model_cfg, sim_cfg = to_plain(cfg.rollout), to_plain(cfg.model), to_plain(cfg.simulator)
+    scenarios = _load_scenarios(cfg.simulator, cfg.experiment.seed)
 
-    _init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker)
-    workers: List[Any] = []
-    try:
-        t0 = time.perf_counter()
-        workers = launch_workers(str(model_path), rollout_cfg, model_cfg)
-        _say(f"{len(workers)} rollout workers ready in {time.perf_counter() - t0:.1f}s")
-        policy = PolicyModel(model_path, device=cfg.learner.device.value, dtype=cfg.learner.dtype.value,
-                             temperature=cfg.rollout.temperature)
-        chat = ChatFormat(policy.tokenizer)
-        torch.manual_seed(cfg.experiment.seed)
-
-        rounds, records = [], []
-        version = 0
-        for r in range(cfg.experiment.rounds):
-            utts = speaker.utterances(r * cfg.experiment.num_prompts, cfg.experiment.num_prompts)
-            reqs = [GenerationRequest(f"r{r}-{i}", chat.user_turn(u.text, num_audio=1)
-                                      + chat.assistant_prefix(open_think=True), [u.audio])
-                    for i, u in enumerate(utts)]
-            shards = [reqs[i::len(workers)] for i in range(len(workers))]
+    with transport_for_run(cfg, run_dir) as tcfg:
+        reader = from_config(tcfg)
+        stream, group = reader.stream("trajectories"), "launcher"
+        reader.ensure_group(stream, group)
+        _init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker)
+        workers: List[Any] = []
+        try:
             t0 = time.perf_counter()
-            outs = ray.get([w.generate.remote(s) for w, s in zip(workers, shards)])
-            gen_s = time.perf_counter() - t0
-            by_id = {res.request_id: res for shard in outs for res in shard}
-            results = [by_id[q.request_id] for q in reqs]
-            learner_lp = policy.completion_logprobs(
-                [Sample(q.prompt_ids, res.token_ids, q.audio) for q, res in zip(reqs, results)])
-            max_diff = max(float(np.abs(np.asarray(res.logprobs) - lp).max()) for res, lp in zip(results, learner_lp)
-                           if len(lp))
-            tokens = sum(len(res.token_ids) for res in results)
-            audio_s = sum(len(u.audio) / u.sample_rate for u in utts)
-            rounds.append({"round": r, "weight_version": version, "prompts": len(reqs), "generated_tokens": tokens,
-                           "generation_s": round(gen_s, 3), "tokens_per_s": round(tokens / gen_s, 1),
-                           "audio_seconds_in": round(audio_s, 2), "max_abs_logprob_diff": max_diff,
-                           "mean_behaviour_logprob": float(np.mean([np.mean(x.logprobs) for x in results]))})
-            _say(f"round {r}: {len(reqs)} spoken prompts ({audio_s:.1f}s audio) -> {tokens} tokens in "
-                 f"{gen_s:.2f}s ({tokens / gen_s:.0f} tok/s) at weight version {version}; "
-                 f"max |behaviour - learner log-prob| = {max_diff:.2e}")
-            for q, res, u in zip(reqs, results, utts):
-                records.append({"request_id": q.request_id, "weight_version": res.weight_version,
-                                "user_text": u.text, "user_emotion": u.emotion,
-                                "reply": policy.tokenizer.decode(res.token_ids), "finish_reason": res.finish_reason,
-                                "num_tokens": len(res.token_ids), "sum_logprob": float(np.sum(res.logprobs))})
-            if r + 1 < cfg.experiment.rounds:
-                # Exercise the broadcast path with a synthetic update (noise, not a learning step).
-                with torch.no_grad():
-                    for p in policy.model.parameters():
-                        p.add_(torch.randn_like(p) * 0.02)
-                version += 1
-                load_s = broadcast_weights(workers, policy.state_dict_for_rollout(), version)
-                _say(f"broadcast weight version {version} to {len(workers)} workers "
-                     f"(load {max(load_s):.3f}s max)")
+            workers = launch_workers(str(model_path), rollout_cfg, model_cfg)
+            _say(f"{len(workers)} rollout workers ready in {time.perf_counter() - t0:.1f}s")
+            policy = PolicyModel(model_path, device=cfg.learner.device.value, dtype=cfg.learner.dtype.value,
+                                 temperature=cfg.rollout.temperature)
+            torch.manual_seed(cfg.experiment.seed)
 
-        with open(run_dir / "rollouts.jsonl", "w") as f:
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
-        summary = {
-            "what_ran": "rollouts only: vLLM rollout workers on Ray served the tiny audio policy to synthetic "
-                        "spoken prompts; behaviour log-probs were checked against the learner's model; weights "
-                        "were perturbed (not trained) and broadcast between rounds",
-            "not_yet": "user-simulator dialogues, reward service, PPO learner",
-            "model_path": str(model_path), "num_workers": len(workers), "rounds": rounds,
-            "wall_s": round(time.perf_counter() - t_start, 1),
-        }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
-    finally:
-        for w in workers:
-            try:
-                ray.get(w.shutdown.remote(), timeout=30)
-            except Exception:  # a dead worker has nothing left to shut down
-                pass
-        ray.shutdown()
+            rounds, trajs_all = [], []
+            version = 0
+            per_round = cfg.experiment.num_prompts
+            for r in range(cfg.experiment.rounds):
+                batch = [scenarios[(r * per_round + i) % len(scenarios)].to_dict() for i in range(per_round)]
+                shards = [batch[i::len(workers)] for i in range(len(workers))]
+                t0 = time.perf_counter()
+                outs = ray.get([w.run_dialogues.remote(s, sim_cfg, cfg.experiment.name, tcfg)
+                                for w, s in zip(workers, shards)])
+                wall = time.perf_counter() - t0
+                published = sum(o["published"] for o in outs)
+                trajs = collect(reader, stream, group, published)
+                reasons: Dict[str, int] = {}
+                for o in outs:
+                    for k, v in o["end_reasons"].items():
+                        reasons[k] = reasons.get(k, 0) + v
+                gap = behaviour_gap(policy, trajs) if trajs else float("nan")
+                agent_turns = sum(t.num_agent_turns for t in trajs)
+                feedback = [u.feedback for t in trajs for u in t.turns if u.role == "user" and u.feedback is not None]
+                audio_s = sum(u.audio.seconds for t in trajs for u in t.turns if u.role == "user" and u.audio)
+                rounds.append({"round": r, "weight_version": version, "dialogues": len(batch),
+                               "published": published, "trajectories": len(trajs), "agent_turns": agent_turns,
+                               "policy_tokens": int(sum(t.policy_mask.sum() for t in trajs)),
+                               "user_audio_s": round(audio_s, 1), "wall_s": round(wall, 2),
+                               "turns_per_s": round(agent_turns / wall, 2), "end_reasons": reasons,
+                               "mean_user_feedback": float(np.mean(feedback)) if feedback else None,
+                               "max_abs_logprob_diff": gap})
+                _say(f"round {r}: {len(trajs)}/{len(batch)} spoken dialogues through the stream, {agent_turns} "
+                     f"agent turns ({audio_s:.0f}s of user audio) in {wall:.1f}s at weight version {version}; "
+                     f"end reasons {reasons}; mean user feedback "
+                     f"{np.mean(feedback) if feedback else float('nan'):.2f}; "
+                     f"max |behaviour - learner log-prob| = {gap:.2e}")
+                trajs_all += trajs
+                if r + 1 < cfg.experiment.rounds:
+                    # Exercise the broadcast path with a synthetic update (noise, not a learning step).
+                    with torch.no_grad():
+                        for p in policy.model.parameters():
+                            p.add_(torch.randn_like(p) * 0.02)
+                    version += 1
+                    load_s = broadcast_weights(workers, policy.state_dict_for_rollout(), version)
+                    _say(f"broadcast weight version {version} to {len(workers)} workers "
+                         f"(load {max(load_s):.3f}s max)")
+            counters = reader.counters()
+        finally:
+            for w in workers:
+                try:
+                    ray.get(w.shutdown.remote(), timeout=30)
+                except Exception:  # a dead worker has nothing left to shut down
+                    pass
+            ray.shutdown()
+            reader.close()
+
+    listen_dir = write_dialogues(trajs_all[:4], run_dir / "dialogues", policy.tokenizer)
+    summary = {
+        "what_ran": "spoken multi-turn dialogues: vLLM rollout workers on Ray talked with simulated, voiced "
+                    "users and streamed the trajectories through Redis; behaviour log-probs were checked "
+                    "against the learner's model over whole dialogues; weights were perturbed (not trained) "
+                    "and broadcast between rounds",
+        "not_yet": "reward service, PPO learner",
+        "model_path": str(model_path), "num_workers": cfg.rollout.num_workers, "rounds": rounds,
+        "stream": stream, "transport_counters": counters, "listen": str(listen_dir),
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 register()
@@ -149,7 +192,8 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(cfg.experiment.run_dir or HydraConfig.get().runtime.output_dir)
     summary = run(cfg, run_dir)
     _say(f"done in {summary['wall_s']}s. What ran: {summary['what_ran']}.")
-    _say(f"Not wired in yet: {summary['not_yet']}. Outputs: {run_dir}/summary.json, {run_dir}/rollouts.jsonl")
+    _say(f"Not wired in yet: {summary['not_yet']}. Outputs: {run_dir}/summary.json; "
+         f"listen to some dialogues in {summary['listen']}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from antiphon.model.audio import AudioFrontend
-from antiphon.model.chat import expand_audio_placeholders
+from antiphon.model.chat import expand_with_positions
 from antiphon.model.tokens import structural_token_ids
 from antiphon.model.weights import to_checkpoint_state_dict
 
@@ -56,13 +56,18 @@ class PolicyModel:
 
     # -- inputs ---------------------------------------------------------------------------------
     def build_batch(self, samples: Sequence[Sample]) -> Dict[str, Any]:
-        """Right-padded expanded ids, attention mask, the clips in order, and where each completion sits."""
-        seqs, starts, clips = [], [], []
+        """Right-padded expanded ids, attention mask, the clips in order, and where each completion token sits.
+
+        Audio placeholders may appear anywhere (a dialogue's later user turns are in the completion);
+        ``completion_pos[i]`` holds the expanded position of each completion token of sample i.
+        """
+        seqs, comp_pos, clips = [], [], []
         for s in samples:
             counts = [self.frontend.num_embeddings(len(c)) for c in s.audio]
-            prompt = expand_audio_placeholders(s.prompt_ids, self.audio_token_id, counts)
-            starts.append(len(prompt))
-            seqs.append(prompt + list(s.completion_ids))
+            full, pos = expand_with_positions(list(s.prompt_ids) + list(s.completion_ids), self.audio_token_id,
+                                              counts)
+            seqs.append(full)
+            comp_pos.append(pos[len(s.prompt_ids):])
             clips.extend(s.audio)
         width = max(len(x) for x in seqs)
         input_ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -70,9 +75,7 @@ class PolicyModel:
         for i, x in enumerate(seqs):
             input_ids[i, :len(x)] = torch.tensor(x)
             attn[i, :len(x)] = 1
-        return {"input_ids": input_ids, "attention_mask": attn, "clips": clips,
-                "completion_start": torch.tensor(starts),
-                "completion_len": torch.tensor([len(s.completion_ids) for s in samples])}
+        return {"input_ids": input_ids, "attention_mask": attn, "clips": clips, "completion_pos": comp_pos}
 
     # -- forward --------------------------------------------------------------------------------
     def forward_logits(self, batch: Dict[str, Any]) -> torch.Tensor:
@@ -110,10 +113,9 @@ class PolicyModel:
         self.model.eval()
         batch = self.build_batch(samples)
         logp = self.forward_logprobs(batch).cpu()
-        out = []
-        for i, (start, n) in enumerate(zip(batch["completion_start"].tolist(), batch["completion_len"].tolist())):
-            out.append(logp[i, start - 1:start - 1 + n].numpy().astype(np.float64))
-        return out
+        # logp[:, j] scores the token at expanded position j + 1.
+        return [logp[i, torch.tensor(pos, dtype=torch.long) - 1].numpy().astype(np.float64)
+                for i, pos in enumerate(batch["completion_pos"])]
 
     # -- weights --------------------------------------------------------------------------------
     def state_dict_for_rollout(self) -> Dict[str, torch.Tensor]:
@@ -132,3 +134,21 @@ class PolicyModel:
         save_file(self.state_dict_for_rollout(), str(out / "model.safetensors"), metadata={"format": "pt"})
         self.processor.save_pretrained(out)
         return out
+
+
+def trajectory_sample(traj) -> Sample:
+    """A whole dialogue (``antiphon.protocol.Trajectory``) as one scored sequence: every token after the
+    first, with the clips of the user turns the policy heard, in order. Compare at ``policy_mask``."""
+    ids = [int(x) for x in traj.token_ids]
+    clips = [t.audio.to_float() for t in traj.turns if t.role == "user" and t.end > t.start and t.audio is not None]
+    return Sample(prompt_ids=ids[:1], completion_ids=ids[1:], audio=clips)
+
+
+def behaviour_gap(policy: "PolicyModel", trajs) -> float:
+    """Largest |behaviour log-prob - learner log-prob| over the policy tokens of the given trajectories."""
+    worst = 0.0
+    for traj, lp in zip(trajs, policy.completion_logprobs([trajectory_sample(t) for t in trajs])):
+        mask = traj.policy_mask[1:].astype(bool)
+        if mask.any():
+            worst = max(worst, float(np.abs(lp[mask] - traj.logprobs[1:][mask]).max()))
+    return worst

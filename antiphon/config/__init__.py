@@ -122,7 +122,15 @@ def validate(cfg: DictConfig) -> None:
                  t.num_key_value_heads,
                  f"must divide model.tiny.num_attention_heads={t.num_attention_heads}")
     _require(errors, cfg.learner.lr > 0, "learner.lr", cfg.learner.lr, "must be > 0")
-    errors += _check_targets(cfg)
+    target_errors = _check_targets(cfg)
+    errors += target_errors
+    if not any(e.startswith("simulator._target_") for e in target_errors):
+        try:
+            from antiphon.dialogue import simulator_factory
+
+            simulator_factory(OmegaConf.to_container(cfg.simulator, resolve=True, enum_to_str=True), m.sample_rate)
+        except ValueError as e:
+            errors.append(str(e))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 

@@ -63,6 +63,18 @@ class ModelConfig:
 
 
 @dataclass
+class DialogueConfig:
+    max_turns: int = 3  # cap on agent turns per dialogue (a scenario may ask for fewer)
+    think_budget: int = 32  # reasoning tokens per agent turn before </think> is forced in; 0: no reasoning phase
+    open_think: bool = True  # agent turns start inside <think>
+    user_text_in_prompt: bool = True  # the user's words (as a transcript) go with their audio
+    simulator_timeout_s: float = 30.0
+    max_user_audio_s: float = 30.0
+    system_prompt: str = ""
+    max_concurrent: int = 16  # dialogues in flight per worker
+
+
+@dataclass
 class RolloutConfig:
     num_workers: int = 2
     device: Device = Device.cpu
@@ -80,6 +92,10 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.85
     max_audio_clips_per_prompt: int = 8
     audio_input: AudioInput = AudioInput.embeddings
+    dialogue: DialogueConfig = field(default_factory=DialogueConfig)
+    # The voice that speaks the agent's replies (so the simulator and the reward service can hear them).
+    agent_voice: Dict[str, Any] = field(default_factory=lambda: {"_target_": "simulator.voices.make_voice",
+                                                                 "name": "espeak"})
     startup_timeout_s: float = 300.0
     log_level: str = "ERROR"  # vLLM's own logging inside the workers (VLLM_LOGGING_LEVEL)
     # Extra environment for the worker processes (merged over antiphon's CPU defaults).
@@ -88,11 +104,18 @@ class RolloutConfig:
 
 @dataclass
 class SimulatorConfig:
-    # The user side of a dialogue. Any importable class works: ``simulator._target_=my_pkg.MySim``;
-    # add its own parameters with ``+simulator.<name>=<value>``.
-    _target_: str = "simulator.synthetic.SyntheticSpeaker"
+    # The user side of each dialogue: any importable UserSimulator class, one instance per dialogue.
+    #   simulator._target_=my_pkg.MySim +simulator.my_param=3
+    # The class receives those of the keys below that its constructor accepts (plus ``sample_rate`` =
+    # model.sample_rate if it takes one), and every key added with ``+``.
+    _target_: str = "simulator.scripted.ScriptedSimulator"
+    voice: str = "espeak"  # the user's voice (simulator.voices: espeak | piper)
     seed: int = 0
-    sample_rate: int = 16000
+    # Scenario source: a JSONL file (simulator.scenarios format), or unset to generate num_scenarios
+    # deterministically from ``seed``.
+    scenarios: Optional[str] = None
+    num_scenarios: int = 1000
+    max_turns: int = 3  # agent turns per generated scenario
 
 
 @dataclass
@@ -122,6 +145,13 @@ class TransportConfig:
     password_env: Optional[str] = "ANTIPHON_REDIS_PASSWORD"
     password_file: Optional[str] = None
     namespace: str = "${experiment.name}"
+    max_unconsumed: Optional[int] = 1024  # backpressure: producers wait while a stream holds more unacked entries
+    publish_timeout_s: float = 600.0  # how long a producer waits for room before failing
+    dead_letter_maxlen: int = 10000  # approximate cap on the dead-letter stream (its counters stay exact)
+    dedupe_ttl_s: int = 86400  # how long a publish idempotency key is remembered
+    socket_timeout_s: Optional[float] = 60.0  # per command; blocking reads stay below it
+    appendfsync: str = "everysec"  # embedded server only: always | everysec | no
+    data_dir: Optional[str] = None  # embedded server only; unset: <run dir>/valkey
 
 
 @dataclass

@@ -37,9 +37,11 @@ class AudioFrontend(nn.Module):
 
     def num_embeddings(self, num_samples: int) -> int:
         """Audio placeholders a clip of ``num_samples`` occupies in the prompt."""
+        from antiphon.model.chat import audio_placeholder_count
+
         if num_samples < 1:
             raise ValueError("empty audio clip")
-        return self.output_lengths(min(self.max_frames, -(-num_samples // HOP)))[1]
+        return audio_placeholder_count(num_samples, self.max_frames, HOP)
 
     def features(self, clip: np.ndarray) -> Tuple[torch.Tensor, int]:
         """Log-mel frames [mel, N+2] equal to frames [0, N+2) of the padded full window, and N."""

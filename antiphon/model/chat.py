@@ -5,17 +5,19 @@ the clip's frame count, and the learner expands them the same way (``expand_audi
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 from antiphon.model.tokens import AUDIO, AUDIO_BOS, AUDIO_EOS, IM_END, IM_START, THINK
 
 HOP_LENGTH = 160  # Whisper feature extractor: one mel frame per 10 ms at 16 kHz
-MAX_FRAMES = 3000  # Whisper's 30 s window
 
 
-def audio_placeholder_count(num_samples: int, hop_length: int = HOP_LENGTH) -> int:
-    """Placeholders one clip occupies after expansion (Qwen2-Audio: two stride-2 reductions of mel frames)."""
-    frames = min(MAX_FRAMES, -(-num_samples // hop_length))  # the extractor rounds up
+def audio_placeholder_count(num_samples: int, max_frames: int = 3000, hop_length: int = HOP_LENGTH) -> int:
+    """Placeholders one clip occupies after expansion (Qwen2-Audio: two stride-2 reductions of mel frames).
+
+    ``max_frames``: the encoder window in mel frames (3000 = Qwen2-Audio's 30 s); longer clips are cut.
+    """
+    frames = min(max_frames, -(-num_samples // hop_length))  # the extractor rounds up
     if frames < 1:
         raise ValueError(f"audio clip of {num_samples} samples is shorter than one feature frame")
     return (((frames - 1) // 2 + 1) - 2) // 2 + 1
@@ -60,9 +62,17 @@ class ChatFormat:
 
 def expand_audio_placeholders(ids: Sequence[int], audio_token_id: int, counts: Sequence[int]) -> List[int]:
     """Replace the i-th ``<|AUDIO|>`` in ``ids`` by ``counts[i]`` copies (what the engine does)."""
+    return expand_with_positions(ids, audio_token_id, counts)[0]
+
+
+def expand_with_positions(ids: Sequence[int], audio_token_id: int,
+                          counts: Sequence[int]) -> Tuple[List[int], List[int]]:
+    """The expanded ids, and where each original token landed (a placeholder: its first copy)."""
     out: List[int] = []
+    pos: List[int] = []
     k = 0
     for t in ids:
+        pos.append(len(out))
         if t == audio_token_id:
             if k >= len(counts):
                 raise ValueError(f"prompt has more audio placeholders than clips ({len(counts)})")
@@ -72,4 +82,4 @@ def expand_audio_placeholders(ids: Sequence[int], audio_token_id: int, counts: S
             out.append(t)
     if k != len(counts):
         raise ValueError(f"prompt has {k} audio placeholders but {len(counts)} clips were given")
-    return out
+    return out, pos
