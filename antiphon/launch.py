@@ -112,7 +112,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
             rounds, trajs_all = [], []
             version = 0
-            per_round = cfg.experiment.num_prompts
+            per_round = cfg.experiment.dialogues_per_round
             for r in range(cfg.experiment.rounds):
                 batch = [scenarios[(r * per_round + i) % len(scenarios)].to_dict() for i in range(per_round)]
                 shards = [batch[i::len(workers)] for i in range(len(workers))]

@@ -171,7 +171,7 @@ class ExperimentConfig:
     name: str = "tiny_cpu"
     seed: int = 0
     run_dir: Optional[str] = None  # unset: the Hydra run directory
-    num_prompts: int = 64  # prompts per rollout round in the demo
+    dialogues_per_round: int = 16  # dialogues per rollout round
     rounds: int = 2
 
 

@@ -115,6 +115,10 @@ class Transport(_Names, abc.ABC):
         """Acknowledges entries; returns how many were pending."""
 
     @abc.abstractmethod
+    def scan(self, stream: str, after: str = "-", count: int = 100) -> List[Message]:
+        """Entries after ``after`` without consuming them (inspection, dumps)."""
+
+    @abc.abstractmethod
     def claim_stale(self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int) -> List[Message]:
         """Takes over up to ``count`` entries pending for at least ``min_idle_ms`` (their consumer is
         presumed dead). Entries deleted from the stream meanwhile are dropped and counted."""

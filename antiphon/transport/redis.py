@@ -207,8 +207,7 @@ class _RedisCommon:
 
     @classmethod
     def from_config(cls, cfg: Any):
-        """From the ``transport`` config group (a dict or DictConfig). Settings not in TransportConfig
-        yet are read with their DEFAULTS."""
+        """From the ``transport`` config group (a dict or DictConfig); missing settings take DEFAULTS."""
         url = cfg.get("url")
         if not url:
             raise TransportConfigError("transport.url: unset -- start antiphon.transport.EmbeddedValkey and "
@@ -318,6 +317,11 @@ class RedisTransport(_RedisCommon, Transport):
 
     def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
         return int(self.client.xack(stream, group, *ids)) if ids else 0
+
+    def scan(self, stream: str, after: str = "-", count: int = 100) -> List[Message]:
+        """Entries after ``after`` (exclusive; "-" from the start) without consuming them: for inspection."""
+        start = after if after == "-" else f"({after}"
+        return _entries(self.client.xrange(stream, min=start, max="+", count=count))
 
     def claim_stale(self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int) -> List[Message]:
         claimed: List[Message] = []

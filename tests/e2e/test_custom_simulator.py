@@ -42,7 +42,7 @@ def test_custom_simulator_runs_through_a_hydra_override(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(pkg) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run(
         [sys.executable, "-m", "antiphon.launch", "simulator._target_=my_sims.CountingUser", "+simulator.turns=3",
-         "rollout.num_workers=1", "experiment.num_prompts=4", "experiment.rounds=1", "rollout.max_new_tokens=16",
+         "rollout.num_workers=1", "experiment.dialogues_per_round=4", "experiment.rounds=1", "rollout.max_new_tokens=16",
          "rollout.dialogue.think_budget=8", f"experiment.run_dir={run_dir}"],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

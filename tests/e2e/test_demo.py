@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_main_entry_point_runs_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     res = subprocess.run(
-        [sys.executable, "-m", "antiphon.launch", "rollout.num_workers=1", "experiment.num_prompts=4",
+        [sys.executable, "-m", "antiphon.launch", "rollout.num_workers=1", "experiment.dialogues_per_round=4",
          "experiment.rounds=2", "rollout.max_new_tokens=24", "rollout.dialogue.think_budget=8",
          f"experiment.run_dir={run_dir}"],
         capture_output=True, text=True, timeout=600)

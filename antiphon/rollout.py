@@ -1,0 +1,76 @@
+"""Rollouts only: run ``experiment.rounds x experiment.dialogues_per_round`` spoken dialogues, append them
+to the run's trajectory stream, and exit. Nothing trains; the stream keeps them for a reward service,
+a learner, or ``python -m antiphon.dump`` to listen to.
+
+    .venv/bin/antiphon-rollout experiment.dialogues_per_round=32 transport.url=redis://host:6379/0
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from antiphon.config import ConfigError, config_dir, register, to_plain, validate
+from antiphon.launch import _init_ray, _load_scenarios, _say, transport_for_run
+
+
+def rollout(cfg: DictConfig, run_dir: Path) -> dict:
+    import ray
+
+    from actors import launch_workers
+    from antiphon.model.tiny import resolve_model_path
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model_path = resolve_model_path(cfg.model)
+    scenarios = _load_scenarios(cfg.simulator, cfg.experiment.seed)
+    n = cfg.experiment.rounds * cfg.experiment.dialogues_per_round
+    batch = [scenarios[i % len(scenarios)].to_dict() for i in range(n)]
+    with transport_for_run(cfg, run_dir) as tcfg:
+        _init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker)
+        workers = []
+        try:
+            workers = launch_workers(str(model_path), to_plain(cfg.rollout), to_plain(cfg.model))
+            t0 = time.perf_counter()
+            outs = ray.get([w.run_dialogues.remote(batch[i::len(workers)], to_plain(cfg.simulator),
+                                                   cfg.experiment.name, tcfg) for i, w in enumerate(workers)])
+            wall = time.perf_counter() - t0
+        finally:
+            for w in workers:
+                try:
+                    ray.get(w.shutdown.remote(), timeout=30)
+                except Exception:  # a dead worker has nothing left to shut down
+                    pass
+            ray.shutdown()
+    reasons: dict = {}
+    for o in outs:
+        for k, v in o["end_reasons"].items():
+            reasons[k] = reasons.get(k, 0) + v
+    return {"dialogues": n, "published": sum(o["published"] for o in outs), "end_reasons": reasons,
+            "wall_s": round(wall, 1), "namespace": cfg.transport.namespace, "embedded": not cfg.transport.url}
+
+
+register()
+
+
+@hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        print(f"antiphon-rollout: {e}", file=sys.stderr)
+        sys.exit(2)
+    run_dir = Path(cfg.experiment.run_dir or HydraConfig.get().runtime.output_dir)
+    res = rollout(cfg, run_dir)
+    _say(f"{res['published']}/{res['dialogues']} dialogues appended to antiphon:{res['namespace']}:trajectories "
+         f"in {res['wall_s']}s; end reasons {res['end_reasons']}")
+    where = f"--data-dir {run_dir / 'valkey'}" if res["embedded"] else "--url <transport.url>"
+    _say(f"listen: python -m antiphon.dump {where} --namespace {res['namespace']} --out {run_dir / 'dialogues'}")
+
+
+if __name__ == "__main__":
+    main()
