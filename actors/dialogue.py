@@ -82,6 +82,7 @@ class Dialogue:
         self.clips: List[np.ndarray] = []
         self.turns: List[TurnRecord] = []
         self.id = uuid.uuid4().hex
+        self.simulator_s = 0.0  # time spent waiting on the simulator (its words and its voice)
         self.end_think = chat.tokenizer.convert_tokens_to_ids("</think>")
 
     def _append(self, ids, policy=False, logprobs=None, version=-1):
@@ -91,8 +92,10 @@ class Dialogue:
         self.versions += [version if policy else -1] * len(ids)
 
     async def _sim(self, coro, what: str) -> UserTurn:
+        t0 = time.perf_counter()
         try:
             turn = await asyncio.wait_for(coro, timeout=self.s.simulator_timeout_s)
+            self.simulator_s += time.perf_counter() - t0
         except asyncio.TimeoutError:
             raise DialogueEnded(f"simulator_timeout:{what}") from None
         except DialogueEnded:
@@ -240,5 +243,6 @@ class Dialogue:
             token_ids=np.asarray(self.ids, np.int32), policy_mask=np.asarray(self.mask, np.uint8),
             logprobs=np.asarray(self.logprobs, np.float32), versions=np.asarray(self.versions, np.int32),
             turns=self.turns, end_reason=reason, worker=self.worker, created_at=time.time(),
-            meta={"final_feedback": final_feedback, "wall_s": time.perf_counter() - t0})
+            meta={"final_feedback": final_feedback, "wall_s": time.perf_counter() - t0,
+                  "simulator_s": self.simulator_s})
 

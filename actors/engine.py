@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -93,6 +93,7 @@ class RolloutEngine:
         self._embed_audio = str(rollout_cfg.get("audio_input", "embeddings")) == "embeddings"
         self._frontend = None
         self._embed_cache: "OrderedDict[bytes, Any]" = OrderedDict()
+        self.stats: Counter = Counter()  # seconds and counts since start, for benchmarks and metrics
 
     @classmethod
     async def create(cls, model_path, rollout_cfg, model_cfg, seed: int) -> "RolloutEngine":
@@ -189,8 +190,11 @@ class RolloutEngine:
                 for c in clips]
         todo = [i for i, k in enumerate(keys) if k not in self._embed_cache]
         if todo:
+            t0 = time.perf_counter()
             with torch.inference_mode():
                 fresh = self._frontend([clips[i] for i in todo])
+            self.stats["audio_features_s"] += time.perf_counter() - t0
+            self.stats["clips_encoded"] += len(todo)
             for i, e in zip(todo, fresh):
                 self._embed_cache[keys[i]] = e.float().cpu()
         out = []

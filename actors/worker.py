@@ -85,6 +85,8 @@ class RolloutWorker:
                 for t in traj.turns:
                     for k, v in t.timing.items():
                         timing[k] += v
+                timing["simulator_s"] += traj.meta["simulator_s"]
+                timing["dialogue_s"] += traj.meta["wall_s"]
                 published[0] += 1
 
         transport, stream = None, None
@@ -93,8 +95,10 @@ class RolloutWorker:
             stream = transport.stream("trajectories")
         timing: Counter = Counter()
         published = [0]
+        engine_before = Counter(self.engine.stats)
         t0 = time.perf_counter()
         await asyncio.gather(*(one(sd) for sd in scenarios))
+        timing.update(Counter(self.engine.stats) - engine_before)
         for r, n in reasons.items():
             self.end_reasons[r] += n
         return {"trajectories": out, "published": published[0], "end_reasons": dict(reasons),

@@ -339,7 +339,9 @@ def make_example(out_dir: str | os.PathLike, n: int = 4, seed: int = 0, turns: i
 
     ``n`` dialogues of ``turns`` user turns, from ``simulator.scenarios.generate_scenarios(n, seed)``: the
     persona's opening and goal, one disclosure per turn (plus its question, if any), and a goodbye, each
-    voiced with the emotion of the scenario's arc. Feedback is left null (no agent was recorded).
+    voiced with the emotion of the scenario's arc. ``dialogue_id`` is the generated ``scenario_id``
+    (``s<seed>-<i>``), so a run generating scenarios from the same seed replays recording i for scenario i.
+    Feedback is left null (no agent was recorded).
     """
     from simulator.scenarios import generate_scenarios, write_jsonl
     from simulator.scripted import _OPENERS
