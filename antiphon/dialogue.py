@@ -161,4 +161,8 @@ def simulator_factory(sim_cfg: Dict[str, Any], sample_rate: int):
             kwargs[k] = v
         elif k not in _OPTIONAL_KEYS:
             raise ValueError(f"simulator.{k}={v!r}: {cls.__name__} takes no parameter {k!r}")
+    for name, p in params.items():
+        if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) \
+                and name not in kwargs:
+            raise ValueError(f"simulator.{name}: required by {cls.__name__}; add +simulator.{name}=...")
     return functools.partial(cls, **kwargs)

@@ -143,3 +143,9 @@ def test_configs_resolve_from_any_working_directory(tmp_path):
                          text=True, cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "num_workers" in res.stdout
+
+
+def test_missing_required_simulator_parameter_is_named():
+    with pytest.raises(ConfigError) as e:
+        compose(["simulator=replay"])
+    assert "simulator.manifest" in str(e.value)

@@ -17,8 +17,9 @@ from actors.dialogue import Dialogue, DialogueSettings
 from antiphon.dialogue import Scenario, UserTurn
 from antiphon.generation import GenerationResult
 from antiphon.model.chat import ChatFormat
+from antiphon.protocol import AudioClip
 from simulator.replay import (ManifestError, ReplaySimulator, check, load_manifest, main, make_example,
-                              parse_manifest, read_wav, recording_audio, stable_index, write_wav)
+                              parse_manifest, read_wav, stable_index, write_wav)
 from simulator.scenarios import read_jsonl
 
 SR = 16000
@@ -157,6 +158,15 @@ def test_resampling_from_22050_scales_length_and_keeps_pitch(tmp_path):
     assert abs(np.abs(turn.audio).max() - 0.5) < 0.01
     # At the file's own rate nothing is resampled.
     assert len(read_wav(tmp_path / "a.wav", 22050)) == n
+
+
+def test_full_scale_samples_read_back_in_range_and_exactly(tmp_path):
+    pcm = np.array([-32768, 32767, 12345, -1, 0], "<i2")
+    with wave.open(str(tmp_path / "f.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(SR), w.writeframes(pcm.tobytes())
+    audio = read_wav(tmp_path / "f.wav")
+    assert np.abs(audio).max() <= 1.0  # the dialogue loop refuses anything above full scale
+    assert AudioClip.from_float(audio, SR).pcm.tolist() == [-32767, 32767, 12345, -1, 0]
 
 
 def test_a_22050_hz_example_set_replays_at_16000(chat, tmp_path):
