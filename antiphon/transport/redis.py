@@ -36,6 +36,8 @@ DEFAULTS: Dict[str, Any] = {
     "socket_timeout_s": 60.0,
 }
 _POLL_S = 0.05  # backlog re-check interval while publish waits for room
+_RETRY_S = 0.2  # reconnect interval while the server is unreachable
+_RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _SCHEMES = ("redis", "rediss", "unix")
 
 # backlog(stream, limit, only_group) -> count, group name ('' for none). XINFO GROUPS gives each group's
@@ -258,6 +260,11 @@ class _RedisCommon:
     def _backlog_reply(reply) -> Backlog:
         return Backlog(int(reply[0]), _str(reply[1]) or None)
 
+    def _retry_or_raise(self, e: Exception, deadline: float) -> None:
+        if time.monotonic() >= deadline:
+            raise TransportError(f"{self._url} unreachable for transport.publish_timeout_s="
+                                 f"{self.publish_timeout_s}: {type(e).__name__}") from None
+
     def _timeout(self, stream: str, backlog: Backlog) -> BackpressureTimeout:
         who = f"group {backlog.group!r}" if backlog.group else "no consumer group (none created yet)"
         return BackpressureTimeout(
@@ -293,7 +300,14 @@ class RedisTransport(_RedisCommon, Transport):
         call = self._publish_call(stream, payload, id_hint)
         deadline = time.monotonic() + self.publish_timeout_s
         while True:
-            reply = self._publish(**call)
+            try:
+                reply = self._publish(**call)
+            except _RETRYABLE as e:
+                # Server restarting (or a network blip): retry until the deadline. With an id_hint a
+                # retry after an ambiguous failure cannot add the message twice.
+                self._retry_or_raise(e, deadline)
+                time.sleep(_RETRY_S)
+                continue
             if _str(reply[0]) == "ok":
                 return _str(reply[1])
             backlog = Backlog(int(reply[1]), _str(reply[2]) or None)
@@ -376,7 +390,12 @@ class AsyncRedisTransport(_RedisCommon, AsyncTransport):
         call = self._publish_call(stream, payload, id_hint)
         deadline = time.monotonic() + self.publish_timeout_s
         while True:
-            reply = await self._publish(**call)
+            try:
+                reply = await self._publish(**call)
+            except _RETRYABLE as e:
+                self._retry_or_raise(e, deadline)  # see RedisTransport.publish
+                await asyncio.sleep(_RETRY_S)
+                continue
             if _str(reply[0]) == "ok":
                 return _str(reply[1])
             backlog = Backlog(int(reply[1]), _str(reply[2]) or None)
