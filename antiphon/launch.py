@@ -24,11 +24,11 @@ from antiphon.config import ConfigError, config_dir, register, to_plain, validat
 log = logging.getLogger("antiphon")
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     print(f"[antiphon] {msg}", flush=True)
 
 
-def _init_ray(cluster: DictConfig, num_cpus_needed: float) -> None:
+def init_ray(cluster: DictConfig, num_cpus_needed: float) -> None:
     import ray
 
     if cluster.address:
@@ -51,11 +51,35 @@ def transport_for_run(cfg: DictConfig, run_dir: Path):
 
     data_dir = Path(tcfg.get("data_dir") or run_dir / "valkey")
     with EmbeddedValkey(data_dir, appendfsync=tcfg["appendfsync"]) as server:
-        _say(f"embedded Valkey on {server!r}, data in {data_dir}")
+        say(f"embedded Valkey on {server!r}, data in {data_dir}")
         yield dict(tcfg, url=server.url)
 
 
-def _load_scenarios(sim_cfg: DictConfig, seed: int):
+def validated_run_dir(cfg: DictConfig, prog: str) -> Path:
+    """Validates the composed config (exit 2 with every problem named, before anything starts) and
+    returns the run directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        sys.exit(2)
+    return Path(cfg.experiment.run_dir or HydraConfig.get().runtime.output_dir)
+
+
+def shutdown_workers(workers: List[Any]) -> None:
+    import ray
+
+    for w in workers:
+        try:
+            ray.get(w.shutdown.remote(), timeout=30)
+        except Exception:  # a dead worker has nothing left to shut down
+            pass
+    ray.shutdown()
+
+
+def load_scenarios(sim_cfg: DictConfig, seed: int):
     from simulator.scenarios import generate_scenarios, read_jsonl
 
     if sim_cfg.scenarios:
@@ -92,20 +116,20 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     model_path = resolve_model_path(cfg.model)
-    _say(f"policy: {model_path}")
+    say(f"policy: {model_path}")
     rollout_cfg, model_cfg, sim_cfg = to_plain(cfg.rollout), to_plain(cfg.model), to_plain(cfg.simulator)
-    scenarios = _load_scenarios(cfg.simulator, cfg.experiment.seed)
+    scenarios = load_scenarios(cfg.simulator, cfg.experiment.seed)
 
     with transport_for_run(cfg, run_dir) as tcfg:
         reader = from_config(tcfg)
         stream, group = reader.stream("trajectories"), "launcher"
         reader.ensure_group(stream, group)
-        _init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker)
+        init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker)
         workers: List[Any] = []
         try:
             t0 = time.perf_counter()
             workers = launch_workers(str(model_path), rollout_cfg, model_cfg)
-            _say(f"{len(workers)} rollout workers ready in {time.perf_counter() - t0:.1f}s")
+            say(f"{len(workers)} rollout workers ready in {time.perf_counter() - t0:.1f}s")
             policy = PolicyModel(model_path, device=cfg.learner.device.value, dtype=cfg.learner.dtype.value,
                                  temperature=cfg.rollout.temperature)
             torch.manual_seed(cfg.experiment.seed)
@@ -137,7 +161,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                                "turns_per_s": round(agent_turns / wall, 2), "end_reasons": reasons,
                                "mean_user_feedback": float(np.mean(feedback)) if feedback else None,
                                "max_abs_logprob_diff": gap})
-                _say(f"round {r}: {len(trajs)}/{len(batch)} spoken dialogues through the stream, {agent_turns} "
+                say(f"round {r}: {len(trajs)}/{len(batch)} spoken dialogues through the stream, {agent_turns} "
                      f"agent turns ({audio_s:.0f}s of user audio) in {wall:.1f}s at weight version {version}; "
                      f"end reasons {reasons}; mean user feedback "
                      f"{np.mean(feedback) if feedback else float('nan'):.2f}; "
@@ -150,16 +174,11 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                             p.add_(torch.randn_like(p) * 0.02)
                     version += 1
                     load_s = broadcast_weights(workers, policy.state_dict_for_rollout(), version)
-                    _say(f"broadcast weight version {version} to {len(workers)} workers "
+                    say(f"broadcast weight version {version} to {len(workers)} workers "
                          f"(load {max(load_s):.3f}s max)")
             counters = reader.counters()
         finally:
-            for w in workers:
-                try:
-                    ray.get(w.shutdown.remote(), timeout=30)
-                except Exception:  # a dead worker has nothing left to shut down
-                    pass
-            ray.shutdown()
+            shutdown_workers(workers)
             reader.close()
 
     listen_dir = write_dialogues(trajs_all[:4], run_dir / "dialogues", policy.tokenizer)
@@ -171,7 +190,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "not_yet": "reward service, PPO learner",
         "model_path": str(model_path), "num_workers": cfg.rollout.num_workers, "rounds": rounds,
         "stream": stream, "transport_counters": counters, "listen": str(listen_dir),
-        "wall_s": round(time.perf_counter() - t_start, 1),
+        "wall_s": round(time.perf_counter() - t_start, 1), "run_dir": str(run_dir),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -182,17 +201,10 @@ register()
 
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        validate(cfg)
-    except ConfigError as e:
-        print(f"antiphon: {e}", file=sys.stderr)
-        sys.exit(2)
-    run_dir = Path(cfg.experiment.run_dir or HydraConfig.get().runtime.output_dir)
-    summary = run(cfg, run_dir)
-    _say(f"done in {summary['wall_s']}s. What ran: {summary['what_ran']}.")
-    _say(f"Not wired in yet: {summary['not_yet']}. Outputs: {run_dir}/summary.json; "
+    summary = run(cfg, validated_run_dir(cfg, "antiphon"))
+    run_dir = Path(summary["run_dir"])
+    say(f"done in {summary['wall_s']}s. What ran: {summary['what_ran']}.")
+    say(f"Not wired in yet: {summary['not_yet']}. Outputs: {run_dir}/summary.json; "
          f"listen to some dialogues in {summary['listen']}")
 
 

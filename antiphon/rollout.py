@@ -6,15 +6,14 @@ a learner, or ``python -m antiphon.dump`` to listen to.
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from antiphon.config import ConfigError, config_dir, register, to_plain, validate
-from antiphon.launch import _init_ray, _load_scenarios, _say, transport_for_run
+from antiphon.config import config_dir, register, to_plain
+from antiphon.launch import init_ray, load_scenarios, say, shutdown_workers, transport_for_run, validated_run_dir
 
 
 def rollout(cfg: DictConfig, run_dir: Path) -> dict:
@@ -25,11 +24,11 @@ def rollout(cfg: DictConfig, run_dir: Path) -> dict:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model_path(cfg.model)
-    scenarios = _load_scenarios(cfg.simulator, cfg.experiment.seed)
+    scenarios = load_scenarios(cfg.simulator, cfg.experiment.seed)
     n = cfg.experiment.rounds * cfg.experiment.dialogues_per_round
     batch = [scenarios[i % len(scenarios)].to_dict() for i in range(n)]
     with transport_for_run(cfg, run_dir) as tcfg:
-        _init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker)
+        init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker)
         workers = []
         try:
             workers = launch_workers(str(model_path), to_plain(cfg.rollout), to_plain(cfg.model))
@@ -38,12 +37,7 @@ def rollout(cfg: DictConfig, run_dir: Path) -> dict:
                                                    cfg.experiment.name, tcfg) for i, w in enumerate(workers)])
             wall = time.perf_counter() - t0
         finally:
-            for w in workers:
-                try:
-                    ray.get(w.shutdown.remote(), timeout=30)
-                except Exception:  # a dead worker has nothing left to shut down
-                    pass
-            ray.shutdown()
+            shutdown_workers(workers)
     reasons: dict = {}
     for o in outs:
         for k, v in o["end_reasons"].items():
@@ -57,19 +51,12 @@ register()
 
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        validate(cfg)
-    except ConfigError as e:
-        print(f"antiphon-rollout: {e}", file=sys.stderr)
-        sys.exit(2)
-    run_dir = Path(cfg.experiment.run_dir or HydraConfig.get().runtime.output_dir)
+    run_dir = validated_run_dir(cfg, "antiphon-rollout")
     res = rollout(cfg, run_dir)
-    _say(f"{res['published']}/{res['dialogues']} dialogues appended to antiphon:{res['namespace']}:trajectories "
+    say(f"{res['published']}/{res['dialogues']} dialogues appended to antiphon:{res['namespace']}:trajectories "
          f"in {res['wall_s']}s; end reasons {res['end_reasons']}")
     where = f"--data-dir {run_dir / 'valkey'}" if res["embedded"] else "--url <transport.url>"
-    _say(f"listen: python -m antiphon.dump {where} --namespace {res['namespace']} --out {run_dir / 'dialogues'}")
+    say(f"listen: python -m antiphon.dump {where} --namespace {res['namespace']} --out {run_dir / 'dialogues'}")
 
 
 if __name__ == "__main__":
