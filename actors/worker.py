@@ -66,7 +66,7 @@ class RolloutWorker:
                 try:
                     sim = make_sim()
                 except Exception as e:  # a simulator that cannot even be built ends only its own dialogue
-                    reasons[f"simulator_error:init:{type(e).__name__}"] += 1
+                    reasons[f"simulator_error:init:{type(e).__name__}: {e}"[:300]] += 1
                     return
                 d = Dialogue(self.engine, sim, Scenario.from_dict(sd), self.chat, self.agent_voice, self.settings,
                              run=run, worker=self.index, tokens_per_clip=self.tokens_per_clip)

@@ -49,6 +49,7 @@ REPEAT = "Sorry, could you say that again?"
 _RATING = re.compile(r"[\(\[]\s*satisfaction\s*[:=]\s*([0-9]*\.?[0-9]+)\s*[\)\]]", re.I)
 _ACTIONS = re.compile(r"\*[^*]{0,80}\*")  # *sighs*: stage directions are not spoken
 _LABEL = re.compile(r"^\s*(?:user|me|caller)\s*:\s*", re.I)
+_THINK = re.compile(r"<think>.*?(?:</think>|$)", re.S | re.I)  # a reasoning model's thoughts are not spoken
 
 
 class LLMSimulatorError(RuntimeError):
@@ -64,7 +65,7 @@ class ParsedLine:
 
 def parse_line(raw: str, stop_marker: str = "[END]", max_chars: int = 200) -> ParsedLine:
     """Splits an LLM line into spoken text, the end-of-dialogue marker and the optional rating."""
-    text = raw or ""
+    text = _THINK.sub(" ", raw or "")
     feedback = None
     for m in _RATING.finditer(text):
         value = float(m.group(1))
@@ -174,10 +175,29 @@ def openai_chat(endpoint: str, payload: Dict[str, Any], api_key: Optional[str], 
 
 
 # -- the vllm backend: one shared engine per process and model path ----------------------------------------
+class EngineHandle:
+    """A shared engine and its tokenizer. ``engine`` is None once shut down.
+
+    Callers go through the handle and never keep the engine in a local variable: vLLM's first imports keep
+    their callers' frames alive, and a frame holding the engine would keep it past ``shutdown_engines()``.
+    """
+
+    def __init__(self, model_path: str):
+        self.model_path = model_path
+        self.engine = None
+        self.tokenizer = None
+
+    def shutdown(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+
 @dataclass
 class _Entry:
     loop: asyncio.AbstractEventLoop  # AsyncLLM's output handler and sockets live on one event loop
-    task: "asyncio.Future"  # resolves to (engine, tokenizer); shared by every caller, survives cancellation
+    handle: EngineHandle
+    task: "asyncio.Future"  # fills the handle; shared by every caller, survives a caller's cancellation
 
 
 _ENGINES: Dict[str, _Entry] = {}
@@ -194,8 +214,10 @@ def _on_cpu(device: str) -> bool:
     return not torch.cuda.is_available()
 
 
-def _build_engine(model_path: str, seed: int, max_model_len: int, device: str, gpu_memory_utilization: float):
-    """Blocking: builds the AsyncLLM (in a worker thread) with vLLM's env set only while it starts."""
+def _build_engine(handle: EngineHandle, seed: int, max_model_len: int, device: str,
+                  gpu_memory_utilization: float) -> None:
+    """Blocking (run in a worker thread): starts the AsyncLLM with vLLM's env set only while it starts."""
+    model_path = handle.model_path
     on_cpu = _on_cpu(device)
     env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}
     if on_cpu:
@@ -217,7 +239,7 @@ def _build_engine(model_path: str, seed: int, max_model_len: int, device: str, g
                 seed=seed, distributed_executor_backend="uni", gpu_memory_utilization=gpu_memory_utilization,
                 language_model_only=multimodal,  # the user LLM reads and writes text only
                 enable_prefix_caching=True, disable_log_stats=True)
-            engine = AsyncLLM.from_engine_args(args)
+            handle.engine = AsyncLLM.from_engine_args(args)
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -227,18 +249,21 @@ def _build_engine(model_path: str, seed: int, max_model_len: int, device: str, g
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        if not getattr(tokenizer, "chat_template", None):
+        handle.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if not getattr(handle.tokenizer, "chat_template", None):
             raise ValueError(f"model_path={model_path!r}: the tokenizer has no chat template")
     except BaseException:
-        engine.shutdown()
+        handle.shutdown()
         raise
-    return engine, tokenizer
 
 
 async def shared_engine(model_path: str, seed: int = 0, max_model_len: int = 2048, device: str = "auto",
-                        gpu_memory_utilization: float = 0.2):
-    """(AsyncLLM, tokenizer) for ``model_path``: created once per process, on first use, off the event loop."""
+                        gpu_memory_utilization: float = 0.2) -> EngineHandle:
+    """The engine for ``model_path``: created once per process, on first use, off the event loop.
+
+    The first caller's settings are used. An engine belongs to the event loop that created it; when that
+    loop has closed (a later ``asyncio.run``), the engine is replaced by one on the running loop.
+    """
     global _ATEXIT
     loop = asyncio.get_running_loop()
     stale = None
@@ -248,18 +273,19 @@ async def shared_engine(model_path: str, seed: int = 0, max_model_len: int = 204
             if not entry.loop.is_closed():
                 raise LLMSimulatorError(f"LLM simulator: the vLLM engine for model_path={model_path!r} belongs "
                                         "to another running event loop")
-            stale, entry = _ENGINES.pop(model_path), None  # e.g. a later asyncio.run(): rebuild on this loop
+            stale, entry = _ENGINES.pop(model_path), None
         if entry is None:
-            task = loop.create_task(asyncio.to_thread(_build_engine, model_path, int(seed), int(max_model_len),
+            handle = EngineHandle(model_path)
+            task = loop.create_task(asyncio.to_thread(_build_engine, handle, int(seed), int(max_model_len),
                                                       device, float(gpu_memory_utilization)))
-            entry = _ENGINES[model_path] = _Entry(loop, task)
+            entry = _ENGINES[model_path] = _Entry(loop, handle, task)
             if not _ATEXIT:
                 atexit.register(shutdown_engines)
                 _ATEXIT = True
     if stale is not None:
-        _shutdown_entry(stale)
+        stale.handle.shutdown()
     try:
-        return await asyncio.shield(entry.task)
+        await asyncio.shield(entry.task)
     except asyncio.CancelledError:
         raise
     except Exception as e:
@@ -268,37 +294,46 @@ async def shared_engine(model_path: str, seed: int = 0, max_model_len: int = 204
                 del _ENGINES[model_path]
         raise LLMSimulatorError(f"LLM simulator: cannot start vLLM on model_path={model_path!r}: "
                                 f"{type(e).__name__}: {e}"[:500]) from e
-
-
-def _shutdown_entry(entry: _Entry) -> None:
-    task = entry.task
-    if task.done() and not task.cancelled() and task.exception() is None:
-        engine, _ = task.result()
-        engine.shutdown()
+    if entry.handle.engine is None:
+        raise LLMSimulatorError(f"LLM simulator: the vLLM engine for model_path={model_path!r} was shut down")
+    return entry.handle
 
 
 def shutdown_engines() -> None:
-    """Shuts down every shared vLLM engine of this process (call before exit; idempotent)."""
+    """Shuts down every shared vLLM engine of this process (call before exit; idempotent).
+
+    An engine still starting is shut down as soon as its start finishes.
+    """
     with _ENGINES_LOCK:
         entries = list(_ENGINES.values())
         _ENGINES.clear()
     for entry in entries:
-        try:
-            _shutdown_entry(entry)
-        except Exception:
-            pass
+        if entry.task.done():
+            try:
+                entry.handle.shutdown()
+            except Exception:
+                pass
+        elif not entry.loop.is_closed():
+            entry.loop.call_soon_threadsafe(entry.task.add_done_callback, lambda _t, h=entry.handle: h.shutdown())
+
+
+def _sampling_params(max_tokens: int, temperature: float):
+    from vllm import SamplingParams
+
+    # No per-request seed: it kills vLLM's CPU engine (shared/STACK-NOTES); the engine seed applies.
+    return SamplingParams(max_tokens=max_tokens, temperature=temperature, skip_special_tokens=True)
 
 
 async def vllm_chat(model_path: str, messages: List[Dict[str, str]], max_tokens: int, temperature: float,
                     seed: int, max_model_len: int, device: str, gpu_memory_utilization: float) -> str:
-    from vllm import SamplingParams
-
-    engine, tok = await shared_engine(model_path, seed, max_model_len, device, gpu_memory_utilization)
+    h = await shared_engine(model_path, seed, max_model_len, device, gpu_memory_utilization)
     room = max_model_len - max_tokens
     msgs = list(messages)
     while True:
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        ids = tok.encode(text, add_special_tokens=False)  # the template writes any BOS itself
+        # enable_thinking=False: templates with a thinking switch (Qwen3) answer directly; others ignore it.
+        text = h.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
+                                               enable_thinking=False)
+        ids = h.tokenizer.encode(text, add_special_tokens=False)  # the template writes any BOS itself
         if len(ids) <= room:
             break
         # Too long: forget the oldest exchange after the system prompt and the opening cue.
@@ -307,11 +342,13 @@ async def vllm_chat(model_path: str, messages: List[Dict[str, str]], max_tokens:
                                     f"max_model_len={max_model_len} with max_tokens={max_tokens} "
                                     f"(model_path={model_path!r})")
         del msgs[2:4]
-    # No per-request seed: it kills vLLM's CPU engine (shared/STACK-NOTES); the engine seed applies.
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, skip_special_tokens=True)
+    params = _sampling_params(max_tokens, temperature)
     final = None
     try:
-        async for out in engine.generate({"prompt_token_ids": ids}, params, request_id=f"llm-user-{uuid.uuid4().hex}"):
+        if h.engine is None:
+            raise RuntimeError("the engine was shut down")
+        async for out in h.engine.generate({"prompt_token_ids": ids}, params,
+                                           request_id=f"llm-user-{uuid.uuid4().hex}"):
             final = out
     except asyncio.CancelledError:
         raise
@@ -331,7 +368,16 @@ class LLMSimulator(UserSimulator):
         from simulator.voices import VOICES
 
         def bad(param: str, value: Any, why: str) -> ValueError:
-            return ValueError(f"LLMSimulator {param}={value!r}: {why}")
+            return ValueError(f"simulator.{param}={value!r}: {why} (LLMSimulator)")
+
+        def number(param: str, value: Any, kind, ok) -> Any:
+            try:
+                v = kind(value)
+            except (TypeError, ValueError):
+                raise bad(param, value, "expected a number") from None
+            if isinstance(value, bool) or not ok(v):
+                raise bad(param, value, "out of range")
+            return v
 
         if backend not in BACKENDS:
             raise bad("backend", backend, f"expected one of {list(BACKENDS)}")
@@ -350,25 +396,26 @@ class LLMSimulator(UserSimulator):
                           "directory with a chat template)")
         if voice not in VOICES:
             raise bad("voice", voice, f"expected one of {sorted(VOICES)}")
-        for name, value, ok in (("sample_rate", sample_rate, int(sample_rate) > 0),
-                                ("max_tokens", max_tokens, int(max_tokens) > 0),
-                                ("temperature", temperature, float(temperature) >= 0),
-                                ("timeout_s", timeout_s, float(timeout_s) > 0),
-                                ("max_chars", max_chars, int(max_chars) > 0),
-                                ("max_model_len", max_model_len, int(max_model_len) > int(max_tokens)),
-                                ("gpu_memory_utilization", gpu_memory_utilization,
-                                 0 < float(gpu_memory_utilization) <= 1),
-                                ("stop_marker", stop_marker, bool(str(stop_marker).strip())),
-                                ("device", device, device in ("auto", "cpu", "cuda"))):
-            if not ok:
-                raise bad(name, value, "out of range")
+        if not isinstance(stop_marker, str) or not stop_marker.strip():
+            raise bad("stop_marker", stop_marker, "expected a non-empty string")
+        if device not in ("auto", "cpu", "cuda"):
+            raise bad("device", device, "expected auto, cpu or cuda")
+        sample_rate = number("sample_rate", sample_rate, int, lambda v: v > 0)
+        seed = number("seed", seed, int, lambda v: v >= 0)
+        max_tokens = number("max_tokens", max_tokens, int, lambda v: v > 0)
+        temperature = number("temperature", temperature, float, lambda v: v >= 0)
+        timeout_s = number("timeout_s", timeout_s, float, lambda v: v > 0)
+        max_chars = number("max_chars", max_chars, int, lambda v: v > 0)
+        max_model_len = number("max_model_len", max_model_len, int, lambda v: v > max_tokens)
+        gpu_memory_utilization = number("gpu_memory_utilization", gpu_memory_utilization, float,
+                                        lambda v: 0 < v <= 1)
         self.backend, self.endpoint, self.model = backend, str(endpoint), str(model)
         self.api_key_env, self.model_path = str(api_key_env or ""), model_path
-        self.voice_name, self.sample_rate, self.seed = voice, int(sample_rate), int(seed)
-        self.max_tokens, self.temperature = int(max_tokens), float(temperature)
-        self.stop_marker, self.timeout_s, self.max_chars = str(stop_marker), float(timeout_s), int(max_chars)
-        self.max_model_len, self.device = int(max_model_len), device
-        self.gpu_memory_utilization = float(gpu_memory_utilization)
+        self.voice_name, self.sample_rate, self.seed = voice, sample_rate, seed
+        self.max_tokens, self.temperature = max_tokens, temperature
+        self.stop_marker, self.timeout_s, self.max_chars = stop_marker, timeout_s, max_chars
+        self.max_model_len, self.device = max_model_len, device
+        self.gpu_memory_utilization = gpu_memory_utilization
         self.scenario: Optional[Scenario] = None
         self.turn = 0  # user turns spoken so far
         self.history: List[Dict[str, str]] = []  # from the LLM's point of view, without the system prompt
