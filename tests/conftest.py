@@ -32,3 +32,4 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, namespace="antiphon-tests", log_to_driver=False)
     yield ray
     ray.shutdown()
+

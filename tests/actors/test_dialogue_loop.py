@@ -11,20 +11,9 @@ from antiphon.dialogue import AgentTurn, Scenario, UserSimulator, UserTurn
 from antiphon.generation import GenerationResult
 from antiphon.model.chat import ChatFormat
 from antiphon.protocol import decode, encode
+from support import ScriptedEngine
 
 SR = 16000
-
-
-class ScriptedEngine:
-    """Replies with fixed token ids; records every request it saw."""
-
-    def __init__(self, replies):
-        self.replies, self.requests, self.version = list(replies), [], 7
-
-    async def generate(self, req):
-        self.requests.append(req)
-        ids = self.replies.pop(0)
-        return GenerationResult(req.request_id, ids, [-0.5] * len(ids), self.version, "stop", len(req.prompt_ids))
 
 
 class TalkativeUser(UserSimulator):

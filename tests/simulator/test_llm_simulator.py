@@ -15,6 +15,7 @@ import pytest
 
 from antiphon.dialogue import AgentTurn, Question, Scenario, UserTurn
 from simulator.llm import LLMSimulator, LLMSimulatorError, parse_line
+from support import ScriptedEngine
 
 SR = 16000
 KEY = "sk-test-4f9d2c-never-print-me"
@@ -249,20 +250,6 @@ def test_config_group_makes_the_simulator():
 
 
 # -- the vllm backend: a real engine on the tiny checkpoint -----------------------------------------------------
-class ScriptedEngine:
-    """The policy: replies with fixed token ids; records every request it saw."""
-
-    def __init__(self, replies):
-        self.replies, self.requests, self.version = list(replies), [], 7
-
-    async def generate(self, req):
-        from antiphon.generation import GenerationResult
-
-        self.requests.append(req)
-        ids = self.replies.pop(0)
-        return GenerationResult(req.request_id, ids, [-0.5] * len(ids), self.version, "stop", len(req.prompt_ids))
-
-
 class Recording(LLMSimulator):
     """Keeps every UserTurn it returns."""
 

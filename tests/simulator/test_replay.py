@@ -21,21 +21,10 @@ from antiphon.protocol import AudioClip
 from simulator.replay import (ManifestError, ReplaySimulator, check, load_manifest, main, make_example,
                               parse_manifest, read_wav, stable_index, write_wav)
 from simulator.scenarios import read_jsonl
+from support import ScriptedEngine
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[2]
-
-
-class ScriptedEngine:
-    """Replies with fixed token ids; records every request it saw."""
-
-    def __init__(self, replies):
-        self.replies, self.requests, self.version = list(replies), [], 7
-
-    async def generate(self, req):
-        self.requests.append(req)
-        ids = self.replies.pop(0)
-        return GenerationResult(req.request_id, ids, [-0.5] * len(ids), self.version, "stop", len(req.prompt_ids))
 
 
 @pytest.fixture(scope="module")
