@@ -30,6 +30,8 @@ class TalkativeUser(UserSimulator):
             audio = np.zeros(0, np.float32)
         elif bad == "rate":
             return UserTurn("hi", audio, 8000)
+        elif bad == "long":
+            audio = np.zeros(31 * SR, np.float32)
         elif bad == "raise":
             raise RuntimeError("simulator broke")
         self.k += 1
@@ -116,6 +118,7 @@ def test_thinking_budget_forces_end_of_reasoning(chat):
     ({0: "nan"}, "bad_audio:nan_or_inf"),
     ({0: "empty"}, "bad_audio:empty"),
     ({0: "rate"}, "bad_audio:sample_rate_8000_expected_16000"),
+    ({1: "long"}, "bad_audio:too_long_31.0s"),
     ({0: "raise"}, "simulator_error:start:RuntimeError: simulator broke"),
     ({1: "hang"}, "simulator_timeout:react[0]"),
     ({2: "nan"}, "bad_audio:nan_or_inf"),
