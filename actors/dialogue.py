@@ -152,10 +152,13 @@ class Dialogue:
         turn_ids = self.ids[start:]
         reasoning, reply = self._split(turn_ids)
         style, spoken = parse_style(reply)
-        audio, tts_s = None, 0.0
+        audio, tts_s, voice_error = None, 0.0, None
         if spoken.strip() and self.voice is not None:
             t1 = time.perf_counter()
-            audio = await asyncio.to_thread(self.voice.synthesize, spoken, style)
+            try:
+                audio = await asyncio.to_thread(self.voice.synthesize, spoken, style)
+            except Exception as e:  # the turn is kept; the dialogue ends below with the reason
+                voice_error = f"agent_voice_error:{type(e).__name__}: {e}"[:300]
             tts_s = time.perf_counter() - t1
         agent = AgentTurn(reasoning=reasoning, reply=spoken, style=style, audio=audio,
                           sample_rate=self.voice.sample_rate if self.voice else self.s.sample_rate,
@@ -165,6 +168,8 @@ class Dialogue:
             audio=AudioClip.from_float(audio, agent.sample_rate) if audio is not None else None,
             weight_version=int(version if version is not None else -1), finish_reason=finish,
             timing={"generate_s": gen_s, "tts_s": tts_s}))
+        if voice_error:
+            raise DialogueEnded(voice_error)  # the user cannot hear a reply that was never voiced
         return agent
 
     def _split(self, turn_ids: List[int]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import unicodedata
 from typing import Optional
 
 import numpy as np
@@ -41,6 +42,13 @@ def resolve_prosody(text: str, emotion: Optional[str], prosody: Optional[Prosody
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"Prosody.{name} must be a positive finite number, got {value!r}")
     return prosody
+
+
+def speakable(text: str) -> str:
+    """``text`` without control characters (a policy can sample any byte; a NUL breaks both engines)
+    and without the U+FFFD left where undecodable bytes were."""
+    return "".join(" " if unicodedata.category(c) == "Cc" and c not in "\n\t" else c
+                   for c in text if c != "\ufffd")
 
 
 def silence() -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 
 from antiphon.dialogue import Prosody, Voice
 
-from .base import check_number, check_sample_rate, resolve_prosody, silence, to_output
+from .base import speakable, check_number, check_sample_rate, resolve_prosody, silence, to_output
 
 # speak_lib.h
 _AUDIO_OUTPUT_SYNCHRONOUS = 2  # no playback; espeak_Synth returns once the callback has had all the audio
@@ -160,6 +160,7 @@ class EspeakVoice(Voice):
 
     def synthesize(self, text: str, emotion: Optional[str] = None, prosody: Optional[Prosody] = None) -> np.ndarray:
         prosody = resolve_prosody(text, emotion, prosody)
+        text = speakable(text)
         if not text.strip():
             return silence()
         parameters = self.espeak_parameters(prosody)

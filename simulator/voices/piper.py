@@ -28,7 +28,7 @@ import numpy as np
 
 from antiphon.dialogue import Prosody, Voice
 
-from .base import check_sample_rate, resolve_prosody, silence, to_output
+from .base import speakable, check_sample_rate, resolve_prosody, silence, to_output
 
 _DURATION_EXPONENT = 0.72  # duration ~ length_scale ** 0.72 on joe-medium (length_scale 0.5..2, two sentences)
 _BASE_GAIN = 0.5  # peak at energy 1: headroom for energy up to 2
@@ -98,6 +98,7 @@ class PiperVoice(Voice):
         from piper.config import SynthesisConfig
 
         prosody = resolve_prosody(text, emotion, prosody)
+        text = speakable(text)
         if not text.strip():
             return silence()
         model = _load(self.model_path, self.num_threads)

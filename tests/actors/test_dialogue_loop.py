@@ -140,3 +140,17 @@ def test_context_cap_ends_the_dialogue(chat):
     traj = asyncio.run(d.run())
     assert d.end_reason == "context_cap"
     assert traj is None or len(traj.token_ids) <= 60
+
+
+def test_a_failing_agent_voice_ends_the_dialogue_keeping_the_turn(chat):
+    from antiphon.dialogue import Voice
+
+    class BrokenVoice(Voice):
+        def synthesize(self, text, emotion=None, prosody=None):
+            raise RuntimeError("no voice today")
+
+    engine = ScriptedEngine([chat.text("ok") + [chat.im_end]] * 3)
+    d = Dialogue(engine, TalkativeUser(), Scenario("s"), chat, BrokenVoice(), _settings())
+    traj = asyncio.run(d.run())
+    assert d.end_reason == "agent_voice_error:RuntimeError: no voice today"
+    assert traj.num_agent_turns == 1 and traj.turns[-1].audio is None

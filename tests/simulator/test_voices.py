@@ -263,3 +263,12 @@ def test_style_tags_voice_as_documented():
     for tag, emotion, pitch, rate, energy in rows:
         assert STYLE_TAGS[tag] == emotion
         assert EMOTION_PROSODY[emotion] == Prosody(float(pitch), float(rate), float(energy)), tag
+
+
+@pytest.mark.parametrize("name", ["espeak", "piper"])
+def test_control_characters_from_a_policy_are_not_spoken(name):
+    from simulator.voices import make_voice
+
+    voice = make_voice(name, cache_size=0)
+    out = voice.synthesize("hello\x00 there\x1b\ufffd friend")
+    assert out.dtype == np.float32 and out.size > 0 and np.isfinite(out).all()
