@@ -126,17 +126,16 @@ class Dialogue:
         if budget < 4:
             raise DialogueEnded("context_cap")
         version, finish = None, "stop"
-        reasoning_ids: List[int] = []
         if self.s.open_think and self.s.think_budget > 0:
             res = await self._generate(min(self.s.think_budget, budget), [self.end_think, self.chat.im_end])
             version = res.weight_version
             self._append(res.token_ids, policy=True, logprobs=res.logprobs, version=version)
             budget -= len(res.token_ids)
-            if res.token_ids and res.token_ids[-1] == self.chat.im_end:
+            last = res.token_ids[-1] if res.token_ids else None
+            if last == self.chat.im_end:
                 finish = res.finish_reason
-            else:
-                if not res.token_ids or res.token_ids[-1] != self.end_think:
-                    self._append([self.end_think])  # budget spent: close the reasoning for the model
+            elif last != self.end_think:
+                self._append([self.end_think])  # budget spent: close the reasoning for the model
         if self.ids[-1] != self.chat.im_end and budget > 0:
             # Weights may change between the two requests: versions are recorded per token.
             res = await self._generate(budget, [])
