@@ -62,6 +62,7 @@ class RolloutWorker:
         out: List[bytes] = []
 
         async def one(sd: Dict[str, Any]) -> None:
+            nonlocal published
             async with gate:
                 try:
                     sim = make_sim()
@@ -81,27 +82,27 @@ class RolloutWorker:
                 else:
                     # The id makes a retried publish (e.g. after a reconnect) land once.
                     await transport.publish(stream, payload, id_hint=traj.trajectory_id)
+                    published += 1
                 timing["encode_publish_s"] += time.perf_counter() - t1
                 for t in traj.turns:
                     for k, v in t.timing.items():
                         timing[k] += v
                 timing["simulator_s"] += traj.meta["simulator_s"]
                 timing["dialogue_s"] += traj.meta["wall_s"]
-                published[0] += 1
 
         transport, stream = None, None
         if transport_cfg is not None:
             transport = await self._transport(transport_cfg)
             stream = transport.stream("trajectories")
         timing: Counter = Counter()
-        published = [0]
+        published = 0
         engine_before = Counter(self.engine.stats)
         t0 = time.perf_counter()
         await asyncio.gather(*(one(sd) for sd in scenarios))
         timing.update(Counter(self.engine.stats) - engine_before)
         for r, n in reasons.items():
             self.end_reasons[r] += n
-        return {"trajectories": out, "published": published[0], "end_reasons": dict(reasons),
+        return {"trajectories": out, "published": published, "end_reasons": dict(reasons),
                 "wall_s": time.perf_counter() - t0, "timing": dict(timing)}
 
     async def _transport(self, transport_cfg: Dict[str, Any]):
