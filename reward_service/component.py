@@ -1,0 +1,69 @@
+"""The reward component contract: a named scorer of each agent turn, or of the whole dialogue.
+
+    class Brevity(RewardComponent):
+        scope = "turn"
+        def score(self, traj):
+            return [Score(-len(t.text) / 100) for _, t in agent_turns(traj)]
+
+Components are listed and weighted in the ``reward`` config (``_target_``, weight, scope, timeout,
+normalisation); the service calls ``score_batch`` with a batch of trajectories. Override
+``score_batch`` (sync or ``async``) to batch a model's forward passes across trajectories; otherwise
+``score`` is called per trajectory in a worker thread.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from antiphon.protocol import Trajectory, TurnRecord
+
+SCOPES = ("turn", "dialogue")
+
+
+@dataclass
+class Score:
+    value: float
+    details: Dict[str, Any] = field(default_factory=dict)
+
+
+# turn scope: one Score per agent turn, in order; dialogue scope: one Score.
+ComponentResult = Union[List[Score], Score]
+
+
+def agent_turns(traj: Trajectory) -> List[Tuple[Optional[TurnRecord], TurnRecord]]:
+    """Each agent turn with the user turn it answered (None if the dialogue opened with the agent)."""
+    out, last_user = [], None
+    for t in traj.turns:
+        if t.role == "user":
+            last_user = t
+        else:
+            out.append((last_user, t))
+    return out
+
+
+def next_user_turn(traj: Trajectory, agent: TurnRecord) -> Optional[TurnRecord]:
+    """The user turn that reacted to ``agent`` (it carries the simulator's feedback on it), if any."""
+    seen = False
+    for t in traj.turns:
+        if t is agent:
+            seen = True
+        elif seen and t.role == "user":
+            return t
+    return None
+
+
+class RewardComponent(abc.ABC):
+    """Subclass and implement ``score`` (or ``score_batch``). ``name`` defaults to the class name."""
+
+    scope: str = "turn"
+
+    def __init__(self, name: Optional[str] = None):
+        self.name = name or type(self).__name__
+
+    def score(self, traj: Trajectory) -> ComponentResult:
+        raise NotImplementedError(f"{type(self).__name__} implements neither score nor score_batch")
+
+    async def score_batch(self, trajs: Sequence[Trajectory]) -> List[ComponentResult]:
+        return list(await asyncio.gather(*(asyncio.to_thread(self.score, t) for t in trajs)))
