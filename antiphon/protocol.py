@@ -215,3 +215,61 @@ def decode(data: bytes) -> Trajectory:
         worker=_opt(m, "worker", int, "") or 0, created_at=float(_opt(m, "created_at", (int, float), "") or 0.0),
         meta=_opt(m, "meta", dict, "") or {}, turns=turns, **arrays,
     )
+
+
+# -- scored trajectories (reward service -> learner) -----------------------------------------------
+SCORED_SCHEMA_VERSION = 1
+
+
+@dataclass
+class Rewards:
+    """What the reward service adds: a reward per agent turn (placed at its last token by the learner),
+    a dialogue reward (placed at the last agent token), and every component's values, kept apart."""
+
+    turn: List[float]  # weighted sum of the turn-scope components, one per agent turn
+    dialogue: float  # weighted sum of the dialogue-scope components
+    components: Dict[str, Dict[str, Any]]  # name -> {scope, weight, status, raw, norm, details}
+    service: Dict[str, Any] = field(default_factory=dict)  # replica, timing
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.turn) + self.dialogue)
+
+
+@dataclass
+class ScoredTrajectory:
+    trajectory: Trajectory
+    rewards: Rewards
+
+
+def encode_scored(s: ScoredTrajectory) -> bytes:
+    return msgpack.packb({"v": SCORED_SCHEMA_VERSION, "trajectory": encode(s.trajectory),
+                          "rewards": {"turn": [float(x) for x in s.rewards.turn],
+                                      "dialogue": float(s.rewards.dialogue),
+                                      "components": s.rewards.components, "service": s.rewards.service}},
+                         use_bin_type=True)
+
+
+def decode_scored(data: bytes) -> ScoredTrajectory:
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("message", f"{len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        m = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:
+        raise ProtocolError("message", f"not msgpack ({type(e).__name__}: {e})") from None
+    if not isinstance(m, dict):
+        raise ProtocolError("message", f"expected a map, got {type(m).__name__}")
+    if m.get("v") != SCORED_SCHEMA_VERSION:
+        raise ProtocolError("v", f"scored schema version {m.get('v')!r}, this build reads {SCORED_SCHEMA_VERSION}")
+    traj = decode(_need(m, "trajectory", bytes, ""))
+    r = _need(m, "rewards", dict, "")
+    turn = _need(r, "turn", list, "rewards.")
+    n_agent = traj.num_agent_turns
+    if len(turn) != n_agent:
+        raise ProtocolError("rewards.turn", f"{len(turn)} rewards for {n_agent} agent turns")
+    values = [*turn, _need(r, "dialogue", (int, float), "rewards.")]
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values):
+        raise ProtocolError("rewards.turn", "non-finite or non-numeric reward")
+    return ScoredTrajectory(traj, Rewards(turn=[float(x) for x in turn], dialogue=float(values[-1]),
+                                          components=_need(r, "components", dict, "rewards."),
+                                          service=_opt(r, "service", dict, "rewards.") or {}))

@@ -122,6 +122,13 @@ def validate(cfg: DictConfig) -> None:
                  t.num_key_value_heads,
                  f"must divide model.tiny.num_attention_heads={t.num_attention_heads}")
     _require(errors, cfg.learner.lr > 0, "learner.lr", cfg.learner.lr, "must be > 0")
+    rw = cfg.reward
+    _require(errors, rw.replicas >= 1, "reward.replicas", rw.replicas, "must be >= 1")
+    _require(errors, rw.batch_size >= 1, "reward.batch_size", rw.batch_size, "must be >= 1")
+    for k, c in enumerate(rw.components):
+        _require(errors, c.timeout_s > 0, f"reward.components[{k}].timeout_s", c.timeout_s, "must be > 0")
+        _require(errors, c.scope in (None, "turn", "dialogue"), f"reward.components[{k}].scope", c.scope,
+                 "must be turn or dialogue")
     target_errors = _check_targets(cfg)
     errors += target_errors
     if not any(e.startswith("simulator._target_") for e in target_errors):

@@ -118,16 +118,37 @@ class SimulatorConfig:
     max_turns: int = 3  # agent turns per generated scenario
 
 
+class Normalize(str, Enum):
+    none = "none"
+    running = "running"  # running mean/std of the component's values over the service's lifetime
+
+
+class OnError(str, Enum):
+    drop = "drop"  # the trajectory is dropped, counted under the component's name and failure
+    fallback = "fallback"  # the component's value becomes ``fallback``, recorded as such
+
+
 @dataclass
 class RewardComponentConfig:
-    _target_: str = "???"
-    name: str = "???"
+    _target_: str = "???"  # a reward_service.component.RewardComponent subclass
+    name: Optional[str] = None  # default: the class name; shows as reward/<name>
     weight: float = 1.0
+    scope: Optional[str] = None  # optional check: "turn" | "dialogue" (the class decides)
+    timeout_s: float = 30.0
+    normalize: Normalize = Normalize.none
+    on_error: OnError = OnError.drop
+    fallback: float = 0.0
+    params: Dict[str, Any] = field(default_factory=dict)  # constructor arguments
 
 
 @dataclass
 class RewardConfig:
-    components: List[Any] = field(default_factory=list)
+    components: List[RewardComponentConfig] = field(default_factory=list)
+    replicas: int = 1  # reward service replicas (Ray actors in the launcher)
+    batch_size: int = 8  # trajectories scored together (RM forward passes are batched across them)
+    group: str = "reward"  # consumer group on the trajectory stream
+    claim_idle_ms: int = 30000  # a message pending this long on a dead replica is taken over
+    block_ms: int = 500  # how long a replica waits for new messages per read
 
 
 @dataclass

@@ -77,6 +77,14 @@ local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[1])
 if KEYS[2] then redis.call('SET', KEYS[2], id, 'EX', ARGV[3]) end
 return {'ok', id}
 """
+# KEYS: stream, counters. ARGV: group, id, reason. Acknowledge, and count only if it was still pending,
+# so a drop redelivered to another replica is counted once.
+_LUA_DROP = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'dropped', 1)
+redis.call('HINCRBY', KEYS[2], 'dropped:' .. ARGV[3], 1)
+return 1
+"""
 _LUA_BACKLOG_ONLY = _LUA_BACKLOG + """
 local n, name = backlog(KEYS[1], tonumber(ARGV[1]), ARGV[2])
 return {n, name}
@@ -206,6 +214,7 @@ class _RedisCommon:
         self._backlog = self.client.register_script(_LUA_BACKLOG_ONLY)
         self._dead_letter = self.client.register_script(_LUA_DEAD_LETTER)
         self._trim = self.client.register_script(_LUA_TRIM)
+        self._drop = self.client.register_script(_LUA_DROP)
 
     @classmethod
     def from_config(cls, cfg: Any):
@@ -359,6 +368,10 @@ class RedisTransport(_RedisCommon, Transport):
         reply = self._dead_letter(**self._dead_letter_call(stream, msg_id, payload, reason, group, key))
         return _str(reply) if reply else None
 
+    def drop(self, stream: str, group: str, msg_id: str, reason: str) -> bool:
+        """Acknowledges a message deliberately not passed on, counted as ``dropped:<reason>`` (once)."""
+        return bool(self._drop(keys=[stream, self.counters_key], args=[group, msg_id, reason]))
+
     def pending(self, stream: str, group: str) -> int:
         return int(self.client.xpending(stream, group)["pending"])
 
@@ -441,6 +454,9 @@ class AsyncRedisTransport(_RedisCommon, AsyncTransport):
                           group: Optional[str] = None, key: Optional[str] = None) -> Optional[str]:
         reply = await self._dead_letter(**self._dead_letter_call(stream, msg_id, payload, reason, group, key))
         return _str(reply) if reply else None
+
+    async def drop(self, stream: str, group: str, msg_id: str, reason: str) -> bool:
+        return bool(await self._drop(keys=[stream, self.counters_key], args=[group, msg_id, reason]))
 
     async def pending(self, stream: str, group: str) -> int:
         return int((await self.client.xpending(stream, group))["pending"])
