@@ -87,17 +87,31 @@ def load_scenarios(sim_cfg: DictConfig, seed: int):
     return generate_scenarios(sim_cfg.num_scenarios, seed=sim_cfg.seed + seed, max_turns=sim_cfg.max_turns)
 
 
-def collect(reader, stream: str, group: str, expected: int, timeout_s: float = 60.0):
-    """Reads ``expected`` trajectories from the stream through ``group`` (bad ones are dead-lettered)."""
-    from antiphon.protocol import decode
-
+def collect(reader, stream: str, group: str, expected: int, decode_fn, timeout_s: float = 120.0):
+    """Reads ``expected`` messages from the stream through ``group`` (bad ones are dead-lettered)."""
     got, deadline = [], time.monotonic() + timeout_s
     while len(got) < expected and time.monotonic() < deadline:
-        batch = reader.consume_validated(stream, group, "launcher", decode, count=64, block_ms=200)
+        batch = reader.consume_validated(stream, group, "launcher", decode_fn, count=64, block_ms=200)
         if batch:
             reader.ack(stream, group, [i for i, _ in batch])
             got += [t for _, t in batch]
     return got
+
+
+def reward_summary(scored) -> Dict[str, float]:
+    """Mean total reward, and each component's mean raw value over the entries it applied to."""
+    import numpy as np
+
+    if not scored:
+        return {}
+    out = {"reward/total": float(np.mean([s.rewards.total for s in scored]))}
+    names = sorted({n for s in scored for n in s.rewards.components})
+    for n in names:
+        vals = [v for s in scored if n in s.rewards.components
+                for v, a in zip(s.rewards.components[n]["raw"], s.rewards.components[n]["applicable"]) if a]
+        if vals:
+            out[f"reward/{n}"] = float(np.mean(vals))
+    return out
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
@@ -109,6 +123,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from actors import broadcast_weights, launch_workers
     from antiphon.listen import write_dialogues
     from antiphon.model.tiny import resolve_model_path
+    from antiphon.protocol import decode, decode_scored
     from antiphon.transport import from_config
     from learner.policy import PolicyModel, behaviour_gap
 
@@ -120,16 +135,28 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     rollout_cfg, model_cfg, sim_cfg = to_plain(cfg.rollout), to_plain(cfg.model), to_plain(cfg.simulator)
     scenarios = load_scenarios(cfg.simulator, cfg.experiment.seed)
 
+    scoring = bool(cfg.reward.components)
+    reward_cfg = to_plain(cfg.reward)
     with transport_for_run(cfg, run_dir) as tcfg:
         reader = from_config(tcfg)
-        stream, group = reader.stream("trajectories"), "launcher"
+        # With reward components, the launcher reads what the reward service scored; else the raw stream.
+        stream, group = reader.stream("scored" if scoring else "trajectories"), "launcher"
         reader.ensure_group(stream, group)
-        init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker)
+        init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker
+                 + (0.5 * cfg.reward.replicas if scoring else 0))
         workers: List[Any] = []
+        replicas: List[Any] = []
+        replica_runs: List[Any] = []
         try:
             t0 = time.perf_counter()
             workers = launch_workers(str(model_path), rollout_cfg, model_cfg)
             say(f"{len(workers)} rollout workers ready in {time.perf_counter() - t0:.1f}s")
+            if scoring:
+                from reward_service.replica import launch_replicas
+
+                replicas, replica_runs = launch_replicas(tcfg, reward_cfg)
+                say(f"{len(replicas)} reward service replicas scoring with "
+                    f"{[c.get('name') or c['_target_'].rsplit('.', 1)[-1] for c in reward_cfg['components']]}")
             policy = PolicyModel(model_path, device=cfg.learner.device.value, dtype=cfg.learner.dtype.value,
                                  temperature=cfg.rollout.temperature)
             torch.manual_seed(cfg.experiment.seed)
@@ -145,7 +172,11 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                                 for w, s in zip(workers, shards)])
                 wall = time.perf_counter() - t0
                 published = sum(o["published"] for o in outs)
-                trajs = collect(reader, stream, group, published)
+                if scoring:
+                    scored = collect(reader, stream, group, published, decode_scored)
+                    trajs = [x.trajectory for x in scored]
+                else:
+                    scored, trajs = [], collect(reader, stream, group, published, decode)
                 reasons: Dict[str, int] = {}
                 for o in outs:
                     for k, v in o["end_reasons"].items():
@@ -160,12 +191,15 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                                "user_audio_s": round(audio_s, 1), "wall_s": round(wall, 2),
                                "turns_per_s": round(agent_turns / wall, 2), "end_reasons": reasons,
                                "mean_user_feedback": float(np.mean(feedback)) if feedback else None,
-                               "max_abs_logprob_diff": gap})
+                               "max_abs_logprob_diff": gap, **reward_summary(scored)})
                 say(f"round {r}: {len(trajs)}/{len(batch)} spoken dialogues through the stream, {agent_turns} "
                      f"agent turns ({audio_s:.0f}s of user audio) in {wall:.1f}s at weight version {version}; "
                      f"end reasons {reasons}; mean user feedback "
                      f"{np.mean(feedback) if feedback else float('nan'):.2f}; "
                      f"max |behaviour - learner log-prob| = {gap:.2e}")
+                if scored:
+                    say(f"  rewards: total {rounds[-1]['reward/total']:.3f}; " + ", ".join(
+                        f"{k} {v:.3f}" for k, v in rounds[-1].items() if k.startswith("reward/") and k != "reward/total"))
                 trajs_all += trajs
                 if r + 1 < cfg.experiment.rounds:
                     # Exercise the broadcast path with a synthetic update (noise, not a learning step).
@@ -176,7 +210,11 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                     load_s = broadcast_weights(workers, policy.state_dict_for_rollout(), version)
                     say(f"broadcast weight version {version} to {len(workers)} workers "
                          f"(load {max(load_s):.3f}s max)")
-            counters = reader.counters()
+            counters: Dict[str, Any] = dict(reader.counters())
+            if replicas:
+                from reward_service.replica import stop_replicas
+
+                counters["reward_replicas"] = stop_replicas(replicas, replica_runs)
         finally:
             shutdown_workers(workers)
             reader.close()
@@ -184,10 +222,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     listen_dir = write_dialogues(trajs_all[:4], run_dir / "dialogues", policy.tokenizer)
     summary = {
         "what_ran": "spoken multi-turn dialogues: vLLM rollout workers on Ray talked with simulated, voiced "
-                    "users and streamed the trajectories through Redis; behaviour log-probs were checked "
-                    "against the learner's model over whole dialogues; weights were perturbed (not trained) "
-                    "and broadcast between rounds",
-        "not_yet": "reward service, PPO learner",
+                    "users and streamed the trajectories through Redis"
+                    + (f"; {cfg.reward.replicas} reward service replica(s) scored every agent turn and dialogue"
+                       if scoring else "")
+                    + "; behaviour log-probs were checked against the learner's model over whole dialogues; "
+                    "weights were perturbed (not trained) and broadcast between rounds",
+        "not_yet": "PPO learner" if scoring else "reward scoring (reward.components is empty), PPO learner",
         "model_path": str(model_path), "num_workers": cfg.rollout.num_workers, "rounds": rounds,
         "stream": stream, "transport_counters": counters, "listen": str(listen_dir),
         "wall_s": round(time.perf_counter() - t_start, 1), "run_dir": str(run_dir),
