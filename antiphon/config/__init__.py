@@ -31,11 +31,27 @@ def register() -> None:
     global _registered
     if _registered:
         return
+    if not OmegaConf.has_resolver("policy_dir"):
+        OmegaConf.register_new_resolver("policy_dir", _policy_dir)
     cs = ConfigStore.instance()
     cs.store(name="antiphon_schema", node=AntiphonConfig)
     for group, schema in GROUP_SCHEMAS.items():
         cs.store(group=group, name="schema", node=schema)
     _registered = True
+
+
+def _policy_dir(*, _root_) -> str:
+    """``${policy_dir:}``: the policy checkpoint directory -- ``model.path``, or where the tiny policy is
+    built (computed, not built: the config stays importable without torch)."""
+    import os
+
+    from antiphon.model.tiny import tiny_key
+
+    m = _root_.model
+    if m.path:
+        return str(m.path)
+    tiny = OmegaConf.to_container(m.tiny, resolve=True)
+    return os.path.join(os.path.expanduser(str(m.cache_dir)), f"tiny-qwen2-audio-{tiny_key(tiny)}")
 
 
 def config_dir() -> str:

@@ -170,7 +170,7 @@ def ensure_tiny_policy(tiny: Mapping[str, Any], cache_dir: str | os.PathLike) ->
     """The cached tiny policy directory, building it once (atomically, safe across processes)."""
     cache = Path(os.path.expanduser(str(cache_dir)))
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"tiny-qwen2-audio-{tiny_key(tiny)}"
+    target = cache / f"tiny-qwen2-audio-{tiny_key(tiny)}"  # antiphon.config's ${policy_dir:} names it too
     if (target / "antiphon_tiny.json").exists():
         return target
     with open(cache / ".build.lock", "w") as lock:

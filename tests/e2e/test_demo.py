@@ -31,4 +31,6 @@ def test_main_entry_point_runs_end_to_end(tmp_path):
     assert len(dialogues) == 4
     assert len(list(dialogues[0].glob("*_user.wav"))) == 4 and (dialogues[0] / "transcript.txt").exists()
     assert (run_dir / "valkey").is_dir()  # the embedded server persisted there
-    assert "Not wired in yet: reward service, PPO learner" in res.stdout
+    assert "Not wired in yet: PPO learner" in res.stdout
+    for r in rounds:  # the reward service scored every dialogue, each component kept apart
+        assert {"reward/total", "reward/think_format", "reward/user_feedback", "reward/verbosity"} <= set(r)
