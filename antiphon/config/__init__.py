@@ -101,6 +101,22 @@ def _check_targets(cfg: DictConfig) -> List[str]:
     return errors
 
 
+def _check_component_params(cfg: DictConfig) -> List[str]:
+    """Each reward component's ``params`` must bind to its constructor (caught here, not in a replica)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    errors = []
+    for k, c in enumerate(cfg.reward.components):
+        params = OmegaConf.to_container(c.params, resolve=True)
+        try:
+            inspect.signature(get_class(c._target_)).bind(**params)
+        except TypeError as e:
+            errors.append(f"reward.components[{k}].params={params!r}: {c._target_} {e}")
+    return errors
+
+
 def _require(errors: List[str], ok: bool, key: str, value: Any, why: str) -> None:
     if not ok:
         errors.append(f"{key}={value!r}: {why}")
@@ -154,6 +170,8 @@ def validate(cfg: DictConfig) -> None:
             simulator_factory(OmegaConf.to_container(cfg.simulator, resolve=True, enum_to_str=True), m.sample_rate)
         except ValueError as e:
             errors.append(str(e))
+    if not target_errors:
+        errors += _check_component_params(cfg)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 

@@ -149,3 +149,9 @@ def test_missing_required_simulator_parameter_is_named():
     with pytest.raises(ConfigError) as e:
         compose(["simulator=replay"])
     assert "simulator.manifest" in str(e.value)
+
+
+def test_reward_component_params_must_fit_the_constructor():
+    with pytest.raises(ConfigError) as e:
+        compose(["+reward.components.1.params.bogus=1"])
+    assert "reward.components[1].params" in str(e.value) and "bogus" in str(e.value)
