@@ -26,7 +26,7 @@ def test_main_entry_point_runs_end_to_end(tmp_path):
         assert r["dialogues"] == r["published"] == r["trajectories"] == 4
         assert r["agent_turns"] == 12 and r["end_reasons"] == {"user_ended": 4}
         assert r["max_abs_logprob_diff"] < 1e-4 and 0 <= r["mean_user_feedback"] <= 1
-    assert summary["stream"] == "antiphon:tiny_cpu:trajectories"
+    assert summary["stream"] == "antiphon:tiny_cpu:scored"  # the launcher read what the reward service wrote
     dialogues = list((run_dir / "dialogues").iterdir())
     assert len(dialogues) == 4
     assert len(list(dialogues[0].glob("*_user.wav"))) == 4 and (dialogues[0] / "transcript.txt").exists()
