@@ -30,7 +30,8 @@ async def serve(transport_cfg: Dict[str, Any], reward_cfg: Dict[str, Any], repli
     try:
         svc = RewardService(transport, build_specs(reward_cfg["components"]), replica=replica,
                             group=reward_cfg["group"], batch_size=reward_cfg["batch_size"],
-                            claim_idle_ms=reward_cfg["claim_idle_ms"], block_ms=reward_cfg["block_ms"])
+                            claim_idle_ms=reward_cfg["claim_idle_ms"], block_ms=reward_cfg["block_ms"],
+                            max_deliveries=reward_cfg.get("max_deliveries", 5))
         return await svc.run(stop=stop, max_idle_s=max_idle_s)
     finally:
         await transport.close()

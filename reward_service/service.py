@@ -23,9 +23,10 @@ from reward_service.compose import ComponentSpec, score
 
 class RewardService:
     def __init__(self, transport, specs: Sequence[ComponentSpec], *, replica: str = "reward-0", group: str = "reward",
-                 batch_size: int = 8, claim_idle_ms: int = 30000, block_ms: int = 500):
+                 batch_size: int = 8, claim_idle_ms: int = 30000, block_ms: int = 500, max_deliveries: int = 5):
         self.t, self.specs, self.replica, self.group = transport, list(specs), replica, group
         self.batch_size, self.claim_idle_ms, self.block_ms = batch_size, claim_idle_ms, block_ms
+        self.max_deliveries = max_deliveries
         self.inp, self.out = transport.stream("trajectories"), transport.stream("scored")
         self.stats: Counter = Counter()
 
@@ -47,6 +48,8 @@ class RewardService:
 
     async def step(self) -> int:
         """One batch: claim stale, read new, score, publish, acknowledge. Returns messages handled."""
+        # Stale messages that already crashed several consumers are dead-lettered, not claimed again.
+        await self.t.dead_letter_poison(self.inp, self.group, self.claim_idle_ms, self.max_deliveries)
         batch = await self._decoded(await self.t.claim_stale(self.inp, self.group, self.replica,
                                                              self.claim_idle_ms, self.batch_size))
         if len(batch) < self.batch_size:

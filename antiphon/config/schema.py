@@ -149,6 +149,7 @@ class RewardConfig:
     group: str = "reward"  # consumer group on the trajectory stream
     claim_idle_ms: int = 30000  # a message pending this long on a dead replica is taken over
     block_ms: int = 500  # how long a replica waits for new messages per read
+    max_deliveries: int = 5  # a message delivered this often without an ack is dead-lettered as poison
 
 
 @dataclass

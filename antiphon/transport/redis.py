@@ -455,6 +455,22 @@ class AsyncRedisTransport(_RedisCommon, AsyncTransport):
         reply = await self._dead_letter(**self._dead_letter_call(stream, msg_id, payload, reason, group, key))
         return _str(reply) if reply else None
 
+    async def dead_letter_poison(self, stream: str, group: str, min_idle_ms: int, max_deliveries: int,
+                                 count: int = 100) -> int:
+        """Dead-letters pending entries idle ``min_idle_ms`` that were delivered ``max_deliveries`` times
+        already: a message that kills every consumer it reaches must not be reclaimed forever."""
+        moved = 0
+        for e in await self.client.xpending_range(stream, group, min="-", max="+", count=count, idle=min_idle_ms):
+            if int(e["times_delivered"]) < max_deliveries:
+                continue
+            msg_id = _str(e["message_id"])
+            entries = _entries(await self.client.xrange(stream, min=msg_id, max=msg_id))
+            payload = entries[0][1] if entries else b""
+            if await self.dead_letter(stream, msg_id, payload, f"poison: delivered {e['times_delivered']} times",
+                                      group=group, key="poison"):
+                moved += 1
+        return moved
+
     async def drop(self, stream: str, group: str, msg_id: str, reason: str) -> bool:
         return bool(await self._drop(keys=[stream, self.counters_key], args=[group, msg_id, reason]))
 

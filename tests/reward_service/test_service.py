@@ -124,3 +124,25 @@ def test_killed_replica_mid_batch_every_trajectory_scored_exactly_once(server):
     assert t.pending(inp, "reward") == 0
     assert stats["survivor"]["scored"] >= info["victim"]  # it took over what the victim held
     t.close()
+
+
+def test_a_message_that_keeps_killing_consumers_is_dead_lettered(server):
+    """Delivered max_deliveries times, never acknowledged: dead-lettered as poison, not reclaimed forever."""
+    t = from_config(_tcfg(server))
+    inp = t.stream("trajectories")
+    t.ensure_group(inp, "reward")
+    t.publish(inp, encode(make_trajectory("poison")))
+    for k in range(3):  # three consumers each take it and die without acknowledging
+        got = t.claim_stale(inp, "reward", f"dead-{k}", 0, 10) if k else t.read(inp, "reward", "dead-0", 10)
+        assert len(got) == 1
+        time.sleep(0.05)
+    stats = {}
+    cfg = _reward_cfg(_components(), max_deliveries=3, claim_idle_ms=10)
+    from reward_service.serve import serve
+
+    stats["r"] = asyncio.run(serve({"url": server.url, "namespace": NS}, cfg, "r", max_idle_s=1.0))
+    assert t.scan(t.stream("scored")) == [] and stats["r"] == {}
+    dead = t.scan(t.dead_stream)
+    assert len(dead) == 1 and t.counters().get("dead_letter:poison") == 1
+    assert t.pending(inp, "reward") == 0
+    t.close()
