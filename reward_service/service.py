@@ -34,24 +34,12 @@ class RewardService:
         await self.t.ensure_group(self.inp, self.group)
         return self
 
-    async def _decoded(self, messages) -> List[tuple]:
-        good = []
-        for msg_id, payload in messages:
-            try:
-                good.append((msg_id, decode(payload)))
-            except Exception as e:  # same policy as consume_validated: dead-letter, never retry forever
-                from antiphon.transport.base import Rejected
-
-                r = Rejected.of(e)
-                await self.t.dead_letter(self.inp, msg_id, payload, r.reason, group=self.group, key=r.key)
-        return good
-
     async def step(self) -> int:
         """One batch: claim stale, read new, score, publish, acknowledge. Returns messages handled."""
         # Stale messages that already crashed several consumers are dead-lettered, not claimed again.
         await self.t.dead_letter_poison(self.inp, self.group, self.claim_idle_ms, self.max_deliveries)
-        batch = await self._decoded(await self.t.claim_stale(self.inp, self.group, self.replica,
-                                                             self.claim_idle_ms, self.batch_size))
+        claimed = await self.t.claim_stale(self.inp, self.group, self.replica, self.claim_idle_ms, self.batch_size)
+        batch = await self.t.validate(self.inp, self.group, claimed, decode)
         if len(batch) < self.batch_size:
             batch += await self.t.consume_validated(self.inp, self.group, self.replica, decode,
                                                     self.batch_size - len(batch), self.block_ms)

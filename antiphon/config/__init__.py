@@ -5,7 +5,7 @@ Importable without torch, vLLM or Ray.
 from __future__ import annotations
 
 import importlib.resources
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, List
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -174,14 +174,6 @@ def validate(cfg: DictConfig) -> None:
         errors += _check_component_params(cfg)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
-
-
-def to_yaml(cfg: DictConfig, resolve: bool = False) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=resolve)
-
-
-def parse_overrides(argv: Optional[List[str]]) -> List[str]:
-    return [a for a in (argv or []) if "=" in a]
 
 
 def to_plain(node: Any) -> Any:

@@ -156,8 +156,13 @@ class Transport(_Names, abc.ABC):
         """``read`` + ``decode_fn``; a message ``decode_fn`` raises on is dead-lettered (and acknowledged).
         Any exception counts as a rejection -- one bad message must not stop the consumer; its reason
         (type and text) is kept with it. Returns the good ``(id, decoded)`` pairs, still pending."""
+        return self.validate(stream, group, self.read(stream, group, consumer, count, block_ms), decode_fn)
+
+    def validate(self, stream: str, group: str, messages: List[Message],
+                 decode_fn: Callable[[bytes], Any]) -> List[Tuple[str, Any]]:
+        """``decode_fn`` over messages already delivered (read or claimed); rejects are dead-lettered."""
         good = []
-        for msg_id, payload in self.read(stream, group, consumer, count, block_ms):
+        for msg_id, payload in messages:
             try:
                 good.append((msg_id, decode_fn(payload)))
             except Exception as e:
@@ -213,8 +218,13 @@ class AsyncTransport(_Names, abc.ABC):
     async def consume_validated(self, stream: str, group: str, consumer: str, decode_fn: Callable[[bytes], Any],
                                 count: int, block_ms: int = 0) -> List[Tuple[str, Any]]:
         """See ``Transport.consume_validated``."""
+        return await self.validate(stream, group, await self.read(stream, group, consumer, count, block_ms), decode_fn)
+
+    async def validate(self, stream: str, group: str, messages: List[Message],
+                       decode_fn: Callable[[bytes], Any]) -> List[Tuple[str, Any]]:
+        """``decode_fn`` over messages already delivered (read or claimed); rejects are dead-lettered."""
         good = []
-        for msg_id, payload in await self.read(stream, group, consumer, count, block_ms):
+        for msg_id, payload in messages:
             try:
                 good.append((msg_id, decode_fn(payload)))
             except Exception as e:
