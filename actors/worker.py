@@ -6,12 +6,17 @@ learner that every worker reads from the object store -- and are loaded in place
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Any, Dict, List, Mapping
 
+from actors.dialogue import Dialogue
+from antiphon.dialogue import Scenario, simulator_factory
 from antiphon.generation import GenerationRequest, GenerationResult
+from antiphon.protocol import encode
 
 
 class RolloutWorker:
@@ -134,8 +139,97 @@ class RolloutWorker:
     def metrics(self) -> Dict[str, Any]:
         return {"end_reasons": dict(getattr(self, "end_reasons", {}))}
 
-    async def load_weights(self, state_dict: Mapping[str, Any], version: int) -> float:
-        return await self.engine.load_weights(state_dict, version)
+    async def load_weights(self, weights: Mapping[str, Any], version: int) -> float:
+        """Loads a state dict, or a handle from ``antiphon.weight_sync`` (what the learner publishes)."""
+        if "kind" in weights and "version" in weights:
+            from antiphon.weight_sync import receive
+
+            weights = await asyncio.to_thread(receive, dict(weights))
+        return await self.engine.load_weights(weights, version)
+
+    async def run_stream(self, scenarios: List[Dict[str, Any]], simulator_cfg: Dict[str, Any], run: str,
+                         transport_cfg: Dict[str, Any], admission: Dict[str, int]) -> Dict[str, Any]:
+        """Runs dialogues until ``stop_stream``: up to ``rollout.dialogue.max_concurrent`` in flight, each
+        started only when admission control admits it (``admission``: max_staleness, batch_size,
+        group_size). Ticket k plays scenario ``k // group_size`` (cycled), so consecutive tickets -- on any
+        worker -- form the groups of the group baseline. Returns counts and the time spent idle (nothing in
+        flight, waiting for admission)."""
+        from collections import Counter
+
+        from antiphon.transport import AsyncAdmission
+
+        self._ensure_dialogue_parts()
+        transport = await self._transport(transport_cfg)
+        stream = transport.stream("trajectories")
+        make_sim = simulator_factory(simulator_cfg, self.settings.sample_rate)
+        adm = AsyncAdmission(transport)
+        s, b, g = int(admission["max_staleness"]), int(admission["batch_size"]), int(admission["group_size"])
+        cap = max(1, int(self.rollout_cfg["dialogue"]["max_concurrent"]))
+        self._stop = asyncio.Event()
+        stats = self.stream_stats = Counter()
+        in_flight: set = set()
+
+        async def one(ticket: int, admitted_version: int) -> None:
+            sd = scenarios[(ticket // g) % len(scenarios)]
+            traj = None
+            try:
+                try:
+                    sim = make_sim()
+                except Exception as e:  # a simulator that cannot even be built ends only its own dialogue
+                    self.end_reasons[f"simulator_error:init:{type(e).__name__}: {e}"[:300]] += 1
+                    return
+                d = Dialogue(self.engine, sim, Scenario.from_dict(sd), self.chat, self.agent_voice, self.settings,
+                             run=run, worker=self.index, tokens_per_clip=self.tokens_per_clip)
+                traj = await d.run()
+                self.end_reasons[d.end_reason] += 1
+                if traj is not None:
+                    traj.meta.update(ticket=ticket, group=ticket // g, admitted_version=admitted_version)
+                    await transport.publish(stream, encode(traj), id_hint=traj.trajectory_id)
+                    stats["published"] += 1
+            finally:
+                if traj is None:
+                    await adm.release(1)  # nothing to train: the slot goes back to the pool
+                    stats["released"] += 1
+
+        t0 = time.perf_counter()
+        idle_since = None
+        try:
+            while not self._stop.is_set():
+                if len(in_flight) >= cap:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                ticket, version = await adm.try_admit(s, b)
+                if ticket is None:
+                    if not in_flight and idle_since is None:
+                        idle_since = time.perf_counter()
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), timeout=0.05)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                if idle_since is not None:
+                    stats["idle_ms"] += int(1000 * (time.perf_counter() - idle_since))
+                    idle_since = None
+                stats["admitted"] += 1
+                task = asyncio.ensure_future(one(ticket, version))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        finally:
+            if idle_since is not None:
+                stats["idle_ms"] += int(1000 * (time.perf_counter() - idle_since))
+            for task in list(in_flight):
+                task.cancel()  # the run is over: unfinished dialogues are not needed
+            await asyncio.gather(*in_flight, return_exceptions=True)
+        return {**dict(stats), "wall_s": time.perf_counter() - t0, "end_reasons": dict(self.end_reasons)}
+
+    def stop_stream(self) -> None:
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+
+    def stats(self) -> Dict[str, Any]:
+        return {"index": self.index, **dict(getattr(self, "stream_stats", {})),
+                "end_reasons": dict(getattr(self, "end_reasons", {})),
+                "weight_version": self.engine.version if self.engine else None}
 
     def weight_version(self) -> int:
         return self.engine.version
@@ -183,9 +277,13 @@ def launch_workers(model_path: str, rollout_cfg: Mapping[str, Any], model_cfg: M
     return workers
 
 
-def broadcast_weights(workers: List[Any], state_dict: Mapping[str, Any], version: int) -> List[float]:
-    """One object-store put, every worker loads it; returns each worker's load time (s)."""
+def broadcast_weights(workers: List[Any], weights: Mapping[str, Any], version: int) -> List[float]:
+    """Every worker loads ``weights`` -- a ``antiphon.weight_sync`` handle, or a state dict (then put
+    into the object store once); returns each worker's load time (s)."""
     import ray
 
-    ref = ray.put(dict(state_dict))
-    return ray.get([w.load_weights.remote(ref, version) for w in workers])
+    if not ("kind" in weights and "version" in weights):
+        from antiphon.weight_sync import sender
+
+        weights = sender("object_store").publish(weights, version)
+    return ray.get([w.load_weights.remote(weights, version) for w in workers])

@@ -1,9 +1,12 @@
 """Main entry point: ``antiphon [hydra overrides]`` (``make demo`` runs it with the defaults).
 
-Composes and validates the whole config before anything starts, then runs what the system has today:
-the tiny audio policy served by vLLM rollout workers on Ray, spoken prompts from the configured
-simulator, behaviour log-probs checked against the learner's model, and a versioned weight broadcast.
-The reward service and the PPO learner are not wired in yet; the run says so at the end.
+Composes and validates the whole config before anything starts, then runs the whole system on one
+machine or a Ray cluster: a supervised cold start (cached), vLLM rollout workers holding spoken
+dialogues with the user simulator under admission control, reward service replicas scoring them, and
+the PPO learner training on the scored stream and broadcasting each new weight version back. Writes
+``metrics.jsonl``, TensorBoard logs, checkpoints, a learning-curve PNG and ``summary.json`` into the
+run directory. ``-m`` sweeps run one job at a time; add the ``CompareSweep`` callback (see README) for
+a comparison table and plot at the end.
 """
 from __future__ import annotations
 
@@ -87,153 +90,223 @@ def load_scenarios(sim_cfg: DictConfig, seed: int):
     return generate_scenarios(sim_cfg.num_scenarios, seed=sim_cfg.seed + seed, max_turns=sim_cfg.max_turns)
 
 
-def collect(reader, stream: str, group: str, expected: int, decode_fn, timeout_s: float = 120.0):
-    """Reads ``expected`` messages from the stream through ``group`` (bad ones are dead-lettered)."""
-    got, deadline = [], time.monotonic() + timeout_s
-    while len(got) < expected and time.monotonic() < deadline:
-        batch = reader.consume_validated(stream, group, "launcher", decode_fn, count=64, block_ms=200)
-        if batch:
-            reader.ack(stream, group, [i for i, _ in batch])
-            got += [t for _, t in batch]
-    return got
+def cold_start_policy(cfg: DictConfig, model_path: Path, scenarios) -> Path:
+    """The policy RL starts from: the supervised cold start (cached), or the base model when disabled."""
+    cs = cfg.learner.cold_start
+    if not cs.enabled:
+        return model_path
+    from learner.cold_start import ensure_cold_start
+
+    d = cfg.rollout.dialogue
+    cs_cfg = dict(to_plain(cs), open_think=d.open_think, user_text_in_prompt=d.user_text_in_prompt,
+                  system_prompt=d.system_prompt, max_turns=d.max_turns)
+    key = f"{cfg.simulator.scenarios or 'generated'}:{cfg.simulator.num_scenarios}:{cfg.simulator.seed}:" \
+          f"{cfg.experiment.seed}:{cfg.simulator.max_turns}"
+    t0 = time.perf_counter()
+    path = ensure_cold_start(str(model_path), key, to_plain(cfg.simulator), cs_cfg,
+                             Path(os.path.expanduser(cfg.model.cache_dir)) / "cold_start", scenarios=scenarios)
+    say(f"cold start (supervised format warm-up): {path} ({time.perf_counter() - t0:.0f}s)")
+    return Path(path)
 
 
-def reward_summary(scored) -> Dict[str, float]:
-    """Mean total reward, and each component's mean raw value over the entries it applied to."""
-    import numpy as np
-
-    if not scored:
-        return {}
-    out = {"reward/total": float(np.mean([s.rewards.total for s in scored]))}
-    names = sorted({n for s in scored for n in s.rewards.components})
-    for n in names:
-        vals = [v for s in scored if n in s.rewards.components
-                for v, a in zip(s.rewards.components[n]["raw"], s.rewards.components[n]["applicable"]) if a]
-        if vals:
-            out[f"reward/{n}"] = float(np.mean(vals))
-    return out
+def progress_line(step: int, steps: int, out: Dict[str, Any], tokens_per_s: float, elapsed: float) -> str:
+    m = out["metrics"]
+    parts = [f"step {step}/{steps}", f"v{out['version']}", f"reward {m['reward/total']:.3f}"]
+    for k in ("reward/user_feedback", "reward/emotional_continuity"):
+        if k in m:
+            parts.append(f"{k.split('/')[1]} {m[k]:.2f}")
+    parts += [f"kl {m.get('kl/approx', float('nan')):.4f}", f"staleness {m['staleness/mean']:.2f}",
+              f"{tokens_per_s:.0f} tok/s", f"{elapsed:.0f}s"]
+    return " | ".join(parts)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
-    import numpy as np
+    """The main job: cold start, then rollout workers + reward service + learner, asynchronously."""
     import ray
-    import torch
     import transformers
 
     from actors import broadcast_weights, launch_workers
-    from antiphon.listen import write_dialogues
     from antiphon.model.tiny import resolve_model_path
-    from antiphon.protocol import decode, decode_scored
-    from antiphon.transport import from_config
-    from learner.policy import PolicyModel, behaviour_gap
+    from antiphon.report import learning_curve_png, learning_summary
+    from antiphon.transport import Admission, from_config
+    from learner.actor import Learner
+    from reward_service.replica import launch_replicas, stop_replicas
 
     transformers.utils.logging.disable_progress_bar()
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    model_path = resolve_model_path(cfg.model)
-    say(f"policy: {model_path}")
-    rollout_cfg, model_cfg, sim_cfg = to_plain(cfg.rollout), to_plain(cfg.model), to_plain(cfg.simulator)
+    lc = cfg.learner
+    if not cfg.reward.components:
+        raise SystemExit("antiphon: reward.components is empty; the learner needs rewards (reward=default)")
     scenarios = load_scenarios(cfg.simulator, cfg.experiment.seed)
+    resume = cfg.resume
+    if resume:
+        from learner.recipe import read_checkpoint_state
 
-    scoring = bool(cfg.reward.components)
-    reward_cfg = to_plain(cfg.reward)
+        state = read_checkpoint_state(resume)
+        policy_path, reference_path, version0 = Path(resume) / "policy", state["reference_path"], state["version"]
+        say(f"resuming from {resume} at weight version {version0}")
+    else:
+        base = resolve_model_path(cfg.model)
+        say(f"base policy: {base}")
+        policy_path = reference_path = cold_start_policy(cfg, base, scenarios)
+        version0 = 0
+    rollout_cfg, model_cfg, sim_cfg = to_plain(cfg.rollout), to_plain(cfg.model), to_plain(cfg.simulator)
+    learner_cfg, reward_cfg = to_plain(lc), to_plain(cfg.reward)
+    # Sync mode is on-policy by construction; each version needs the whole batch to finish first.
+    staleness = 0 if lc.mode == "sync" else int(lc.max_staleness)
+    learner_cfg["max_staleness"] = staleness + int(lc.broadcast_every) - 1
+    admission = {"max_staleness": staleness + int(lc.broadcast_every) - 1, "batch_size": int(lc.batch_size),
+                 "group_size": int(lc.group_size)}
+    tb = _tensorboard(run_dir / "tb")
+    metrics_path = run_dir / "metrics.jsonl"
+    steps_log: List[Dict[str, Any]] = []
     with transport_for_run(cfg, run_dir) as tcfg:
         reader = from_config(tcfg)
-        # With reward components, the launcher reads what the reward service scored; else the raw stream.
-        stream, group = reader.stream("scored" if scoring else "trajectories"), "launcher"
-        reader.ensure_group(stream, group)
+        Admission(reader).reset(version=version0, admitted=0)
         init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker
-                 + (0.5 * cfg.reward.replicas if scoring else 0))
+                 + 0.5 * cfg.reward.replicas + lc.num_cpus)
         workers: List[Any] = []
         replicas: List[Any] = []
         replica_runs: List[Any] = []
+        streams: List[Any] = []
+        learner = None
+        worker_stats: List[Dict[str, Any]] = []
         try:
             t0 = time.perf_counter()
-            workers = launch_workers(str(model_path), rollout_cfg, model_cfg)
+            workers = launch_workers(str(policy_path), rollout_cfg, model_cfg)
             say(f"{len(workers)} rollout workers ready in {time.perf_counter() - t0:.1f}s")
-            if scoring:
-                from reward_service.replica import launch_replicas
-
-                replicas, replica_runs = launch_replicas(tcfg, reward_cfg)
-                say(f"{len(replicas)} reward service replicas scoring with "
-                    f"{[c.get('name') or c['_target_'].rsplit('.', 1)[-1] for c in reward_cfg['components']]}")
-            policy = PolicyModel(model_path, device=cfg.learner.device.value, dtype=cfg.learner.dtype.value,
-                                 temperature=cfg.rollout.temperature)
-            torch.manual_seed(cfg.experiment.seed)
-
-            rounds, trajs_all = [], []
-            version = 0
-            per_round = cfg.experiment.dialogues_per_round
-            for r in range(cfg.experiment.rounds):
-                batch = [scenarios[(r * per_round + i) % len(scenarios)].to_dict() for i in range(per_round)]
-                shards = [batch[i::len(workers)] for i in range(len(workers))]
-                t0 = time.perf_counter()
-                outs = ray.get([w.run_dialogues.remote(s, sim_cfg, cfg.experiment.name, tcfg)
-                                for w, s in zip(workers, shards)])
-                wall = time.perf_counter() - t0
-                published = sum(o["published"] for o in outs)
-                if scoring:
-                    scored = collect(reader, stream, group, published, decode_scored)
-                    trajs = [x.trajectory for x in scored]
-                else:
-                    scored, trajs = [], collect(reader, stream, group, published, decode)
-                reasons: Dict[str, int] = {}
-                for o in outs:
-                    for k, v in o["end_reasons"].items():
-                        reasons[k] = reasons.get(k, 0) + v
-                gap = behaviour_gap(policy, trajs) if trajs else float("nan")
-                agent_turns = sum(t.num_agent_turns for t in trajs)
-                feedback = [u.feedback for t in trajs for u in t.turns if u.role == "user" and u.feedback is not None]
-                audio_s = sum(u.audio.seconds for t in trajs for u in t.turns if u.role == "user" and u.audio)
-                rounds.append({"round": r, "weight_version": version, "dialogues": len(batch),
-                               "published": published, "trajectories": len(trajs), "agent_turns": agent_turns,
-                               "policy_tokens": int(sum(t.policy_mask.sum() for t in trajs)),
-                               "user_audio_s": round(audio_s, 1), "wall_s": round(wall, 2),
-                               "turns_per_s": round(agent_turns / wall, 2), "end_reasons": reasons,
-                               "mean_user_feedback": float(np.mean(feedback)) if feedback else None,
-                               "max_abs_logprob_diff": gap, **reward_summary(scored)})
-                say(f"round {r}: {len(trajs)}/{len(batch)} spoken dialogues through the stream, {agent_turns} "
-                     f"agent turns ({audio_s:.0f}s of user audio) in {wall:.1f}s at weight version {version}; "
-                     f"end reasons {reasons}; mean user feedback "
-                     f"{np.mean(feedback) if feedback else float('nan'):.2f}; "
-                     f"max |behaviour - learner log-prob| = {gap:.2e}")
-                if scored:
-                    say(f"  rewards: total {rounds[-1]['reward/total']:.3f}; " + ", ".join(
-                        f"{k} {v:.3f}" for k, v in rounds[-1].items() if k.startswith("reward/") and k != "reward/total"))
-                trajs_all += trajs
-                if r + 1 < cfg.experiment.rounds:
-                    # Exercise the broadcast path with a synthetic update (noise, not a learning step).
-                    with torch.no_grad():
-                        for p in policy.model.parameters():
-                            p.add_(torch.randn_like(p) * 0.02)
-                    version += 1
-                    load_s = broadcast_weights(workers, policy.state_dict_for_rollout(), version)
-                    say(f"broadcast weight version {version} to {len(workers)} workers "
-                         f"(load {max(load_s):.3f}s max)")
+            replicas, replica_runs = launch_replicas(tcfg, reward_cfg)
+            say(f"{len(replicas)} reward service replica(s) scoring with "
+                f"{[c.get('name') or c['_target_'].rsplit('.', 1)[-1] for c in reward_cfg['components']]}")
+            threads = str(lc.num_threads)
+            learner = ray.remote(Learner).options(
+                num_cpus=float(lc.num_cpus), num_gpus=float(lc.num_gpus),
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                                          "TOKENIZERS_PARALLELISM": "false"}},
+            ).remote(str(policy_path), learner_cfg, tcfg, str(run_dir), cfg.rollout.temperature,
+                     str(reference_path), resume)
+            info = ray.get(learner.info.remote())
+            say(f"learner ready on {info['device']} ({lc.mode}, max_staleness={staleness}, "
+                f"batch {lc.batch_size} dialogues = {lc.batch_size // lc.group_size} scenarios x {lc.group_size})")
+            if version0:
+                # The workers were built from the checkpoint's policy; tag it with its version.
+                broadcast_weights(workers, ray.get(learner.publish_weights.remote()), version0)
+            scen = [x.to_dict() for x in scenarios]
+            streams = [w.run_stream.remote(scen, sim_cfg, cfg.experiment.name, tcfg, admission) for w in workers]
+            last_t, t_loop = time.perf_counter(), time.perf_counter()
+            for step in range(int(info["version"]) + 1, int(lc.steps) + 1):
+                samples = step % int(lc.log_samples_every) == 0 or step == 1
+                out = ray.get(learner.step.remote(want_samples=samples))
+                version = out["version"]
+                load_s = [0.0]
+                if version % int(lc.broadcast_every) == 0 or step == lc.steps:
+                    tb0 = time.perf_counter()
+                    load_s = broadcast_weights(workers, ray.get(learner.publish_weights.remote()), version)
+                    out["metrics"]["perf/broadcast_s"] = time.perf_counter() - tb0
+                ray.get(learner.set_admission_version.remote())
+                if step % int(lc.checkpoint_every) == 0 or step == lc.steps:
+                    ray.get(learner.save_checkpoint.remote())
+                now = time.perf_counter()
+                m = out["metrics"]
+                m["perf/weight_load_s"] = max(load_s)
+                m["perf/tokens_per_s"] = m["perf/policy_tokens"] / max(now - last_t, 1e-6)
+                m["time_s"] = now - t_start
+                last_t = now
+                line = {"step": step, "version": version, "time_s": m.pop("time_s"), **m}
+                steps_log.append(line)
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(line) + "\n")
+                _tb_step(tb, step, out)
+                say(progress_line(step, int(lc.steps), out, m["perf/tokens_per_s"], now - t_start))
+            loop_s = time.perf_counter() - t_loop
+            for w in workers:
+                w.stop_stream.remote()
+            worker_stats = ray.get(streams, timeout=120)
+            streams = []
+            learner_info = ray.get(learner.info.remote())
             counters: Dict[str, Any] = dict(reader.counters())
-            if replicas:
-                from reward_service.replica import stop_replicas
-
-                counters["reward_replicas"] = stop_replicas(replicas, replica_runs)
+            counters["reward_replicas"] = stop_replicas(replicas, replica_runs)
+            replicas = []
+            trajs = _last_dialogues(reader, 4)
         finally:
+            if learner is not None:
+                with contextlib.suppress(Exception):
+                    ray.get(learner.close.remote(), timeout=30)
+            for w in workers:
+                with contextlib.suppress(Exception):
+                    w.stop_stream.remote()
+            with contextlib.suppress(Exception):
+                ray.get(streams, timeout=60)
+            if replicas:
+                with contextlib.suppress(Exception):
+                    stop_replicas(replicas, replica_runs)
             shutdown_workers(workers)
             reader.close()
+    if tb is not None:
+        tb.close()
 
-    listen_dir = write_dialogues(trajs_all[:4], run_dir / "dialogues", policy.tokenizer)
+    from antiphon.listen import write_dialogues
+
+    listen_dir = write_dialogues(trajs, run_dir / "dialogues", None)
+    curve = learning_curve_png(steps_log, run_dir / "learning_curve.png", run_name=cfg.experiment.name)
+    idle = [w.get("idle_ms", 0) / 1000 for w in worker_stats]
     summary = {
-        "what_ran": "spoken multi-turn dialogues: vLLM rollout workers on Ray talked with simulated, voiced "
-                    "users and streamed the trajectories through Redis"
-                    + (f"; {cfg.reward.replicas} reward service replica(s) scored every agent turn and dialogue"
-                       if scoring else "")
-                    + "; behaviour log-probs were checked against the learner's model over whole dialogues; "
-                    "weights were perturbed (not trained) and broadcast between rounds",
-        "not_yet": "PPO learner" if scoring else "reward scoring (reward.components is empty), PPO learner",
-        "model_path": str(model_path), "num_workers": cfg.rollout.num_workers, "rounds": rounds,
-        "stream": stream, "transport_counters": counters, "listen": str(listen_dir),
+        "what_ran": f"{'sync' if lc.mode == 'sync' else 'async'} PPO on spoken multi-turn dialogues: "
+                    f"{cfg.rollout.num_workers} vLLM rollout workers talking with simulated, voiced users, "
+                    f"{cfg.reward.replicas} reward service replica(s), one learner; weights broadcast every "
+                    f"{lc.broadcast_every} step(s)",
+        "learning": learning_summary(steps_log),
+        "steps": len(steps_log), "mode": lc.mode, "max_staleness": staleness,
+        "cold_start": str(reference_path), "checkpoint": learner_info["last_checkpoint"],
+        "learner": learner_info, "rollout_workers": worker_stats,
+        "rollout_idle_s": idle, "learner_wait_s": float(sum(x["perf/learner_wait_s"] for x in steps_log)),
+        "loop_s": round(loop_s, 1), "transport_counters": counters,
+        "listen": str(listen_dir), "learning_curve": str(curve), "tensorboard": str(run_dir / "tb"),
         "wall_s": round(time.perf_counter() - t_start, 1), "run_dir": str(run_dir),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a runtime dependency; a trimmed install still trains
+        log.warning("tensorboard not installed: no TensorBoard logs")
+        return None
+    return SummaryWriter(str(path))
+
+
+def _tb_step(tb, step: int, out: Dict[str, Any]) -> None:
+    if tb is None:
+        return
+    import numpy as np
+
+    for k, v in out["metrics"].items():
+        if isinstance(v, (int, float)) and v == v:
+            tb.add_scalar(k, v, step)
+    hist = out.get("staleness_hist") or [0]
+    values = np.repeat(np.arange(len(hist)), hist)
+    if values.size:
+        tb.add_histogram("staleness/tokens", values, step)
+    for i, s in enumerate(out.get("samples", [])):
+        tb.add_text(f"dialogue/{i}", f"reward {s['reward']:.3f}\n\n" + s["transcript"].replace("\n", "  \n"), step)
+        for j, a in enumerate(s["audio"][:6]):
+            wave = np.asarray(a["pcm"], dtype=np.float32) / 32767.0
+            tb.add_audio(f"dialogue/{i}/turn{j}_{a['role']}", wave[None], step, sample_rate=a["sample_rate"])
+    tb.flush()
+
+
+def _last_dialogues(reader, n: int):
+    """The newest ``n`` dialogues of the run's trajectories stream (read without consuming)."""
+    from antiphon.protocol import decode
+
+    out = []
+    for _, fields in reader.client.xrevrange(reader.stream("trajectories"), count=n):
+        with contextlib.suppress(Exception):
+            out.append(decode(fields[b"d"]))
+    return out
 
 
 register()
@@ -243,9 +316,12 @@ register()
 def main(cfg: DictConfig) -> None:
     summary = run(cfg, validated_run_dir(cfg, "antiphon"))
     run_dir = Path(summary["run_dir"])
+    r = summary["learning"].get("reward", {}).get("reward/total")
     say(f"done in {summary['wall_s']}s. What ran: {summary['what_ran']}.")
-    say(f"Not wired in yet: {summary['not_yet']}. Outputs: {run_dir}/summary.json; "
-         f"listen to some dialogues in {summary['listen']}")
+    if r:
+        say(f"mean reward/total: first 20% of steps {r['first']:.3f} -> last 20% {r['last']:.3f}")
+    say(f"outputs in {run_dir}: summary.json, metrics.jsonl, learning_curve.png, tb/ (tensorboard --logdir "
+        f"{run_dir / 'tb'}), checkpoints/, dialogues/")
 
 
 if __name__ == "__main__":

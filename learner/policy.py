@@ -80,6 +80,10 @@ class PolicyModel:
     # -- forward --------------------------------------------------------------------------------
     def forward_logits(self, batch: Dict[str, Any]) -> torch.Tensor:
         """Next-token logits [B, T-1, V] of the sampling distribution: temperature applied, structural tokens -inf."""
+        return self.forward(batch)[0]
+
+    def forward(self, batch: Dict[str, Any]):
+        """(logits [B, T-1, V] as in ``forward_logits``, hidden states [B, T-1, H] that predict them)."""
         input_ids = batch["input_ids"].to(self.device)
         attn = batch["attention_mask"].to(self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
@@ -94,18 +98,23 @@ class PolicyModel:
                 embeds = embeds.masked_scatter(slots, audio)
             hidden = self.model.model.language_model(inputs_embeds=embeds, attention_mask=attn,
                                                      use_cache=False).last_hidden_state
-            logits = self.model.lm_head(hidden[:, :-1])
+            hidden = hidden[:, :-1]
+            logits = self.model.lm_head(hidden)
         logits = logits.float() / self.temperature
-        return logits.masked_fill(self.banned, float("-inf"))
+        return logits.masked_fill(self.banned, float("-inf")), hidden.float()
+
+    def token_logprobs(self, logits: torch.Tensor, batch: Dict[str, Any]) -> torch.Tensor:
+        """Log-prob [B, T-1] of each next token given ``forward`` logits (banned targets read 0)."""
+        logp = torch.log_softmax(logits, dim=-1)
+        targets = batch["input_ids"][:, 1:].to(self.device)
+        out = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return out.masked_fill(self.banned[targets], 0.0)
 
     def forward_logprobs(self, batch: Dict[str, Any]) -> torch.Tensor:
         """Log-prob of every next token [B, T-1] under the sampling distribution (differentiable)."""
-        logp = torch.log_softmax(self.forward_logits(batch), dim=-1)
-        targets = batch["input_ids"][:, 1:].to(self.device)
-        # Targets that are banned (e.g. a pad or placeholder position) would give -inf; zero them here
-        # so masks downstream decide what counts, and no NaN reaches a gradient.
-        out = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return out.masked_fill(self.banned[targets], 0.0)
+        # Targets that are banned (e.g. a pad or placeholder position) would give -inf; they read 0 so
+        # masks downstream decide what counts, and no NaN reaches a gradient.
+        return self.token_logprobs(self.forward_logits(batch), batch)
 
     @torch.no_grad()
     def completion_logprobs(self, samples: Sequence[Sample]) -> List[np.ndarray]:

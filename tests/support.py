@@ -76,3 +76,54 @@ def make_trajectory(tid: str, replies=("I hear you.", "Bye."), user_emotions=("s
         pos += n
     return Trajectory(tid, "test", {"scenario_id": tid}, np.asarray(ids, np.int32), np.asarray(mask, np.uint8),
                       np.asarray(lp, np.float32), np.asarray(ver, np.int32), turns, end_reason="user_ended")
+
+
+def make_scored_dialogue(policy, rng, tid: str, group=0, n_turns: int = 2, version: int = 0,
+                         reply_len=(3, 8), turn_reward=(0.5, -0.25, 1.0), dialogue_reward: float = 0.75):
+    """A real-layout scored dialogue for learner tests: chat-format token ids with one ``<|AUDIO|>`` per
+    user turn (a short tone each), agent turns of random tokens sampled as policy tokens (plus a forced,
+    non-policy ``</think>`` and the turn's glue), and behaviour log-probs that ``policy`` itself gives --
+    so a learner with the same weights sees ratio 1."""
+    import numpy as np
+
+    from antiphon.model.chat import ChatFormat
+    from antiphon.protocol import AudioClip, Rewards, ScoredTrajectory, Trajectory, TurnRecord
+    from learner.policy import trajectory_sample
+
+    chat = ChatFormat(policy.tokenizer)
+    allowed = np.flatnonzero(~policy.banned.cpu().numpy())
+    ids, mask, turns, clips = [], [], [], []
+    for k in range(n_turns):
+        start = len(ids)
+        f0 = 150 + 40 * k
+        wave = 0.3 * np.sin(2 * np.pi * f0 * np.arange(int(16000 * (0.4 + 0.2 * k))) / 16000)
+        clip = AudioClip.from_float(wave, 16000)
+        ids += chat.user_turn(f"user says {k}", num_audio=1) + chat.assistant_prefix(True)
+        mask += [0] * (len(ids) - len(mask))
+        turns.append(TurnRecord("user", start, len(ids), text=f"user says {k}", emotion="sad", audio=clip,
+                                feedback=None if k == 0 else 0.5))
+        a0 = len(ids)
+        n = int(rng.integers(*reply_len))
+        ids += [int(x) for x in rng.choice(allowed, size=n)]
+        mask += [1] * n
+        ids += [chat.tokenizer.convert_tokens_to_ids("</think>")]  # forced: not a policy token
+        mask += [0]
+        m = int(rng.integers(1, 4))
+        ids += [int(x) for x in rng.choice(allowed, size=m)] + [chat.im_end]
+        mask += [1] * (m + 1)
+        ids += chat.newline
+        mask += [0] * len(chat.newline)
+        turns.append(TurnRecord("assistant", a0, len(ids), text="reply", reasoning="r", emotion="calm",
+                                weight_version=version, finish_reason="stop"))
+    mask_a = np.asarray(mask, np.uint8)
+    traj = Trajectory(tid, "test", {"scenario_id": f"s{group}"}, np.asarray(ids, np.int32), mask_a,
+                      np.zeros(len(ids), np.float32), np.where(mask_a == 1, version, -1).astype(np.int32), turns,
+                      end_reason="user_ended", meta={"group": group, "wall_s": 1.0})
+    lp = policy.completion_logprobs([trajectory_sample(traj)])[0]
+    traj.logprobs = np.concatenate([[0.0], lp]).astype(np.float32) * mask_a
+    rewards = [float(turn_reward[k % len(turn_reward)]) for k in range(n_turns)]
+    comps = {"match": {"scope": "turn", "weight": 1.0, "status": "ok", "raw": rewards, "norm": rewards,
+                       "applicable": [True] * n_turns},
+             "done": {"scope": "dialogue", "weight": 1.0, "status": "ok", "raw": [dialogue_reward],
+                      "norm": [dialogue_reward], "applicable": [True]}}
+    return ScoredTrajectory(traj, Rewards(turn=rewards, dialogue=dialogue_reward, components=comps))

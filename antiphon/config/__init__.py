@@ -154,6 +154,7 @@ def validate(cfg: DictConfig) -> None:
                  t.num_key_value_heads,
                  f"must divide model.tiny.num_attention_heads={t.num_attention_heads}")
     _require(errors, cfg.learner.lr > 0, "learner.lr", cfg.learner.lr, "must be > 0")
+    errors += _check_learner(cfg.learner, r)
     rw = cfg.reward
     _require(errors, rw.replicas >= 1, "reward.replicas", rw.replicas, "must be >= 1")
     _require(errors, rw.batch_size >= 1, "reward.batch_size", rw.batch_size, "must be >= 1")
@@ -174,6 +175,53 @@ def validate(cfg: DictConfig) -> None:
         errors += _check_component_params(cfg)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_learner(lr: DictConfig, rollout: DictConfig) -> List[str]:
+    errors: List[str] = []
+    choices = {"mode": ("async", "sync"), "weight_sync": ("object_store", "nccl"), "algo": ("ppo", "appo"),
+               "estimator": ("gae", "group"), "group_scale": ("none", "std"), "reward_norm": ("none", "batch"),
+               "off_policy": ("decoupled", "none"), "behav_mode": ("truncate", "mask"), "kl_estimator": ("k1", "k3"),
+               "loss_agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")}
+    for key, allowed in choices.items():
+        _require(errors, lr[key] in allowed, f"learner.{key}", lr[key], f"must be one of {', '.join(allowed)}")
+    for key in ("steps", "batch_size", "group_size", "ppo_epochs", "minibatches", "broadcast_every",
+                "checkpoint_every", "log_samples_every", "num_threads"):
+        _require(errors, lr[key] >= 1, f"learner.{key}", lr[key], "must be >= 1")
+    _require(errors, lr.max_staleness >= 0, "learner.max_staleness", lr.max_staleness, "must be >= 0")
+    _require(errors, lr.batch_size % lr.group_size == 0, "learner.batch_size", lr.batch_size,
+             f"must be a multiple of learner.group_size={lr.group_size} (a batch holds whole groups)")
+    _require(errors, lr.batch_size % lr.minibatches == 0, "learner.minibatches", lr.minibatches,
+             f"must divide learner.batch_size={lr.batch_size}")
+    _require(errors, lr.estimator != "group" or lr.group_size >= 2, "learner.group_size", lr.group_size,
+             "must be >= 2 with learner.estimator=group (a lone rollout has no baseline)")
+    _require(errors, 0 < lr.gamma <= 1, "learner.gamma", lr.gamma, "must be in (0, 1]")
+    _require(errors, 0 <= lr.lam <= 1, "learner.lam", lr.lam, "must be in [0, 1]")
+    _require(errors, 0 <= lr.clip_low < 1, "learner.clip_low", lr.clip_low, "must be in [0, 1)")
+    _require(errors, lr.clip_high >= 0, "learner.clip_high", lr.clip_high, "must be >= 0")
+    _require(errors, lr.behav_cap is None or lr.behav_cap >= 1, "learner.behav_cap", lr.behav_cap,
+             "must be >= 1 (or null for no cap)")
+    for key in ("value_coef", "kl_coef", "entropy_coef", "max_grad_norm", "weight_decay"):
+        _require(errors, lr[key] >= 0, f"learner.{key}", lr[key], "must be >= 0")
+    _require(errors, lr.value_clip is None or lr.value_clip > 0, "learner.value_clip", lr.value_clip,
+             "must be > 0 (or null for no clip)")
+    # Stale tokens were sampled by an older policy: without a correction the PPO ratio is against the
+    # wrong distribution. Sync mode is on-policy by construction.
+    _require(errors, lr.mode == "sync" or lr.max_staleness == 0 or lr.off_policy != "none" or lr.algo == "appo",
+             "learner.off_policy", lr.off_policy,
+             f"learner.max_staleness={lr.max_staleness} trains on stale tokens and needs an off-policy correction "
+             "(learner.off_policy=decoupled or learner.algo=appo), or set learner.max_staleness=0")
+    if lr.weight_sync == "nccl":
+        from antiphon.weight_sync.nccl import UNAVAILABLE
+
+        errors.append(f"learner.weight_sync='nccl': {UNAVAILABLE.split(' is ', 1)[1]}")
+    _require(errors, lr.device.value == "cuda" or lr.num_gpus == 0, "learner.num_gpus", lr.num_gpus,
+             "must be 0 when learner.device=cpu")
+    cs = lr.cold_start
+    for key in ("dialogues", "epochs", "batch_size"):
+        _require(errors, cs[key] >= 1, f"learner.cold_start.{key}", cs[key], "must be >= 1")
+    _require(errors, cs.lr > 0, "learner.cold_start.lr", cs.lr, "must be > 0")
+    return errors
 
 
 def to_plain(node: Any) -> Any:

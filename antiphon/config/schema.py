@@ -153,11 +153,65 @@ class RewardConfig:
 
 
 @dataclass
+class ColdStartConfig:
+    """Supervised warm start that teaches the output format before RL (learner/cold_start.py)."""
+
+    enabled: bool = True
+    dialogues: int = 192  # synthetic dialogues from the scenario set (styles and answers drawn at random)
+    epochs: int = 3
+    lr: float = 3.0e-3
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
 class LearnerConfig:
     device: Device = Device.cpu
-    dtype: DType = DType.float32
+    dtype: DType = DType.float32  # cuda: bf16 autocast over fp32 master weights
     lr: float = 1.0e-5
     seed: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    num_cpus: float = 1.0  # Ray resources of the learner actor
+    num_gpus: float = 0.0
+    num_threads: int = 1  # torch intra-op threads on CPU
+    # -- schedule ------------------------------------------------------------------------------
+    mode: str = "async"  # async | sync (generate -> score -> train strictly in turn)
+    steps: int = 30  # learner steps (one batch each) in the run
+    batch_size: int = 16  # trajectories per learner step
+    group_size: int = 4  # rollouts per scenario (consecutive admissions share one scenario)
+    max_staleness: int = 2  # versions a trained token may lag the learner; 0 = on-policy
+    ppo_epochs: int = 1  # passes over each batch
+    minibatches: int = 1  # optimiser steps per pass
+    broadcast_every: int = 1  # learner steps per weight version pushed to the rollout workers
+    weight_sync: str = "object_store"  # object_store | nccl (see antiphon/weight_sync)
+    # -- advantages ----------------------------------------------------------------------------
+    algo: str = "ppo"  # ppo (GAE or group baseline) | appo (V-trace targets from ray.rllib)
+    estimator: str = "gae"  # gae (learned critic) | group (critic-free, leave-one-out over group_size rollouts)
+    gamma: float = 1.0
+    lam: float = 1.0
+    group_scale: str = "none"  # group estimator: none (RLOO) | std (GRPO)
+    whiten_advantages: bool = True
+    reward_norm: str = "none"  # none (the service's composition) | batch (z-score each component over the batch)
+    # -- loss ----------------------------------------------------------------------------------
+    off_policy: str = "decoupled"  # decoupled (proximal + capped behaviour weights) | none
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    behav_cap: Optional[float] = 5.0  # cap on the behaviour importance weight pi_prox / pi_behav
+    behav_mode: str = "truncate"  # truncate (w = min(w, cap)) | mask (tokens above the cap leave the loss)
+    value_coef: float = 0.5
+    value_clip: Optional[float] = 0.2
+    kl_coef: float = 0.0  # KL to the frozen reference (the cold-start policy)
+    kl_estimator: str = "k3"  # k1 | k3
+    entropy_coef: float = 0.0
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum
+    vtrace_clip_rho: float = 1.0
+    vtrace_clip_pg_rho: float = 1.0
+    # -- outputs -------------------------------------------------------------------------------
+    checkpoint_every: int = 10  # learner steps; the final step always checkpoints
+    log_samples_every: int = 10  # sample dialogues (audio + transcript) to TensorBoard
+    batch_timeout_s: float = 600.0  # how long the learner waits for a batch before failing the run
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
 
 
 @dataclass
@@ -207,6 +261,8 @@ class AntiphonConfig:
     transport: TransportConfig = field(default_factory=TransportConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    # A checkpoint directory (``<run>/checkpoints/step_000010``) to continue from.
+    resume: Optional[str] = None
 
 
 GROUP_SCHEMAS = {

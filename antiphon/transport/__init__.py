@@ -3,6 +3,7 @@
 ``RedisTransport`` / ``AsyncRedisTransport`` talk to any Redis >= 6.2 / Valkey; ``EmbeddedValkey`` runs a
 local, password-protected, persistent server for runs with no ``transport.url``.
 """
+from antiphon.transport.admission import Admission, AsyncAdmission, admission_key
 from antiphon.transport.base import (
     DEAD_LETTER, DELETED_BEFORE_ACK, AsyncTransport, Backlog, BackpressureTimeout, Transport, TransportConfigError,
     TransportError, counters_key, stream_name,
@@ -11,7 +12,7 @@ from antiphon.transport.embedded import EmbeddedValkey, EmbeddedValkeyError
 from antiphon.transport.redis import AsyncRedisTransport, RedisTransport, from_config, redact_url, resolve_password
 
 __all__ = [
-    "AsyncRedisTransport", "AsyncTransport", "Backlog", "BackpressureTimeout", "DEAD_LETTER", "DELETED_BEFORE_ACK",
+    "Admission", "AsyncAdmission", "admission_key", "AsyncRedisTransport", "AsyncTransport", "Backlog", "BackpressureTimeout", "DEAD_LETTER", "DELETED_BEFORE_ACK",
     "EmbeddedValkey", "EmbeddedValkeyError", "RedisTransport", "Transport", "TransportConfigError", "TransportError",
     "counters_key", "from_config", "redact_url", "resolve_password", "stream_name",
 ]

@@ -338,6 +338,11 @@ class RedisTransport(_RedisCommon, Transport):
         args, kw = self._read_args(stream, group, consumer, count, block_ms)
         return self._read_reply(self.client.xreadgroup(*args, **kw))
 
+    def read_pending(self, stream: str, group: str, consumer: str, count: int, after: str = "0") -> List[Message]:
+        """Entries already delivered to ``consumer`` and not acknowledged, oldest first, after entry id
+        ``after``: what a restarted consumer with a stable name picks up again."""
+        return self._read_reply(self.client.xreadgroup(group, consumer, {stream: after}, count=count))
+
     def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
         return int(self.client.xack(stream, group, *ids)) if ids else 0
 

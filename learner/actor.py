@@ -1,0 +1,188 @@
+"""The learner process role: reads scored dialogues through a consumer group, trains, publishes weights.
+
+Runs as a Ray actor (on a GPU when the cluster has one: ``learner.device=cuda``, ``learner.num_gpus``)
+or as a plain object in tests -- the same code.
+
+Exactly-once training across restarts: a trajectory's stream entry is acknowledged only when a
+checkpoint that includes its update is on disk. A restarted learner (``resume=<checkpoint>``) re-reads
+what it had been delivered but not acknowledged, skips ids the checkpoint lists as trained, and goes
+on -- so no trajectory is trained twice and none is lost.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+GROUP = "learner"
+
+
+class Learner:
+    def __init__(self, model_path: str, learner_cfg: Dict[str, Any], transport_cfg: Dict[str, Any], run_dir: str,
+                 temperature: float = 1.0, reference_path: Optional[str] = None, resume: Optional[str] = None,
+                 consumer: str = "learner-0"):
+        from antiphon.transport import Admission, from_config
+        from antiphon.weight_sync import sender
+        from learner.recipe import PPORecipe, read_checkpoint_state
+
+        self.cfg = dict(learner_cfg)
+        self.run_dir = Path(run_dir)
+        self.consumer = consumer
+        self.reader = from_config(transport_cfg)
+        self.stream = self.reader.stream("scored")
+        self.reader.ensure_group(self.stream, GROUP)
+        self.admission = Admission(self.reader)
+        self.recipe = PPORecipe(self.cfg, model_path, temperature, reference_path)
+        self.recipe.setup(resume)
+        self.sender = sender(self.cfg["weight_sync"])
+        self.version = 0
+        self.trained: List[str] = []  # trajectory ids, in training order
+        self.unacked: List[str] = []  # stream entries trained since the last checkpoint
+        self.counts: collections.Counter = collections.Counter()
+        self.last_checkpoint: Optional[str] = None
+        if resume:
+            st = read_checkpoint_state(resume)
+            self.version, self.trained = int(st["version"]), list(st["trained_ids"])
+            self.counts.update(st.get("counts", {}))
+        self._trained_set = set(self.trained)
+        self._replay = bool(resume)  # first read what this consumer held but never acknowledged
+
+    # -- batches --------------------------------------------------------------------------------
+    def _next_batch(self) -> List[Any]:
+        from antiphon.protocol import decode_scored
+
+        need = int(self.cfg["batch_size"])
+        smax = 0 if self.cfg["mode"] == "sync" else int(self.cfg["max_staleness"])
+        got: List[Any] = []
+        deadline = time.monotonic() + float(self.cfg["batch_timeout_s"])
+        while len(got) < need:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"learner: {len(got)}/{need} scored dialogues after learner.batch_timeout_s="
+                                   f"{self.cfg['batch_timeout_s']} (are rollout workers and the reward service up?)")
+            if self._replay:
+                msgs = self.reader.read_pending(self.stream, GROUP, self.consumer, need - len(got),
+                                                after=self._replay_after if hasattr(self, "_replay_after") else "0")
+                if not msgs:
+                    self._replay = False
+                    continue
+                self._replay_after = msgs[-1][0]
+                items = self.reader.validate(self.stream, GROUP, msgs, decode_scored)
+            else:
+                items = self.reader.consume_validated(self.stream, GROUP, self.consumer, decode_scored,
+                                                      count=need - len(got), block_ms=200)
+            for msg_id, s in items:
+                t = s.trajectory
+                if t.trajectory_id in self._trained_set:
+                    self.reader.ack(self.stream, GROUP, [msg_id])  # trained before a restart
+                    self.counts["duplicates_skipped"] += 1
+                    continue
+                pv = t.versions[t.policy_mask.astype(bool)]
+                lag = self.version - int(pv.min()) if pv.size else 0
+                if pv.size == 0 or lag > smax:
+                    # Beyond the bound admission control enforces (or nothing to train): dropped, counted,
+                    # and its admission slot given back so the pipeline does not shrink.
+                    self.reader.drop(self.stream, GROUP, msg_id, "stale" if pv.size else "no_policy_tokens")
+                    self.admission.release(1)
+                    self.counts["dropped_stale" if pv.size else "dropped_empty"] += 1
+                    continue
+                got.append((msg_id, s))
+        return got
+
+    # -- one step -------------------------------------------------------------------------------
+    def step(self, want_samples: bool = False) -> Dict[str, Any]:
+        """Reads one batch, trains on it, bumps the version; returns metrics (and a few sample dialogues)."""
+        from learner.batch import build_batch
+
+        t0 = time.perf_counter()
+        items = self._next_batch()
+        wait_s = time.perf_counter() - t0
+        scored = [s for _, s in items]
+        batch = build_batch(self.recipe.policy, scored, self.cfg["reward_norm"])
+        metrics = self.recipe.train_step(batch, self.version)
+        hist = metrics.pop("staleness/_hist")
+        for msg_id, s in items:
+            self.trained.append(s.trajectory.trajectory_id)
+            self._trained_set.add(s.trajectory.trajectory_id)
+            self.unacked.append(msg_id)
+        self.version += 1
+        totals = [s.rewards.total for s in scored]
+        metrics.update({
+            "reward/total": float(np.mean(totals)),
+            **{f"reward/{k}": float(np.nanmean(v)) for k, v in batch.components.items()
+               if not np.all(np.isnan(v))},
+            "rollout/trajectories": float(len(scored)),
+            "rollout/agent_turns": float(sum(s.trajectory.num_agent_turns for s in scored)),
+            "rollout/mean_dialogue_s": float(np.mean([s.trajectory.meta.get("wall_s", 0.0) for s in scored])),
+            "perf/learner_wait_s": wait_s,
+            "perf/step_s": time.perf_counter() - t0,
+            "staleness/dropped_total": float(self.counts["dropped_stale"]),
+        })
+        out = {"version": self.version, "metrics": metrics, "staleness_hist": hist,
+               "trajectory_ids": [s.trajectory.trajectory_id for s in scored]}
+        if want_samples:
+            out["samples"] = [_sample(s) for s in scored[:2]]
+        return out
+
+    # -- weights --------------------------------------------------------------------------------
+    def publish_weights(self) -> Dict[str, Any]:
+        """A handle rollout workers load the current weights from (tagged with the current version)."""
+        return self.sender.publish(self.recipe.rollout_state_dict(), self.version)
+
+    def set_admission_version(self) -> None:
+        """Opens admission for the new version -- called once every worker has loaded its weights, so a
+        dialogue admitted under version v never starts on older weights."""
+        self.admission.set_version(self.version)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self) -> str:
+        path = self.run_dir / "checkpoints" / f"step_{self.version:06d}"
+        self.recipe.save_checkpoint(path, extra={"version": self.version, "trained_ids": self.trained,
+                                                 "counts": dict(self.counts), "stream": self.stream,
+                                                 "group": GROUP, "consumer": self.consumer,
+                                                 "config": self.cfg})
+        # Only now is the work durable: acknowledge what it covers.
+        self.reader.ack(self.stream, GROUP, self.unacked)
+        self.unacked = []
+        self.last_checkpoint = str(path)
+        (self.run_dir / "checkpoints" / "latest").write_text(path.name)
+        return str(path)
+
+    def info(self) -> Dict[str, Any]:
+        return {"version": self.version, "trained": len(self.trained), "counts": dict(self.counts),
+                "last_checkpoint": self.last_checkpoint, "device": str(self.recipe.policy.device)}
+
+    def trained_ids(self) -> List[str]:
+        return list(self.trained)
+
+    def close(self) -> None:
+        self.sender.close()
+        self.recipe.cleanup()
+        self.reader.close()
+
+
+def _sample(s) -> Dict[str, Any]:
+    """A dialogue for TensorBoard: transcript lines and the audio of every turn (int16 PCM)."""
+    t = s.trajectory
+    lines, audio = [], []
+    for x in t.turns:
+        if x.role == "user":
+            lines.append(f"user ({x.emotion}): {x.text}")
+        else:
+            lines.append(f"agent [{x.emotion}] <think>{x.reasoning}</think> {x.text}")
+        if x.audio is not None:
+            audio.append({"role": x.role, "pcm": x.audio.pcm, "sample_rate": x.audio.sample_rate})
+    return {"id": t.trajectory_id, "transcript": "\n".join(lines), "audio": audio,
+            "reward": float(s.rewards.total)}
+
+
+def read_latest(run_dir: str | Path) -> Optional[str]:
+    p = Path(run_dir) / "checkpoints" / "latest"
+    return str(p.parent / p.read_text().strip()) if p.exists() else None
+
+
+def load_metrics_line(d: Dict[str, Any]) -> str:
+    return json.dumps(d, sort_keys=True)

@@ -1,0 +1,220 @@
+"""The PPO recipe: one learner step on one batch of scored dialogues, top to bottom.
+
+    setup -> train_step(batch, version) ... -> save_checkpoint(dir) -> cleanup
+
+A step: recompute the proximal log-probs and values with the current weights (no grad), compute
+advantages (GAE with the learned critic, a critic-free group baseline, or V-trace targets for the
+APPO variant), then ``ppo_epochs`` x ``minibatches`` optimiser updates of the decoupled PPO loss
+(+ clipped value loss, optional KL to the frozen reference, optional entropy bonus).
+
+Why decoupled: a trajectory may have been sampled by weights up to ``max_staleness`` versions old.
+The clipped ratio is taken against the *proximal* policy (the weights at the start of this step), so
+the trust region is about the update, not about how stale the data was; the staleness itself is
+corrected by the behaviour importance weight pi_prox / pi_behav, capped (Hilton et al. 2021; AReaL).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from learner.advantages import explained_variance, gae, group_baseline_advantages, returns_to_go, whiten
+from learner.batch import Batch
+from learner.loss import aggregate, entropy_from_logits, kl_penalty, ppo_policy_loss, value_loss, vtrace_advantages
+from learner.policy import PolicyModel
+
+
+class PPORecipe:
+    def __init__(self, cfg: Dict[str, Any], model_path: str | Path, temperature: float = 1.0,
+                 reference_path: Optional[str | Path] = None):
+        self.cfg = dict(cfg)
+        self.model_path = Path(model_path)
+        self.temperature = float(temperature)
+        # The frozen reference for the KL term: the policy RL started from (the cold-start model).
+        self.reference_path = Path(reference_path) if reference_path else self.model_path
+
+    # -- setup ----------------------------------------------------------------------------------
+    def setup(self, checkpoint: Optional[str | Path] = None) -> None:
+        c = self.cfg
+        torch.manual_seed(int(c["seed"]))
+        random.seed(int(c["seed"]))
+        np.random.seed(int(c["seed"]))
+        if c["device"] == "cpu":
+            torch.set_num_threads(int(c.get("num_threads", 1)))
+        path = Path(checkpoint) / "policy" if checkpoint else self.model_path
+        self.policy = PolicyModel(path, device=c["device"], dtype=c["dtype"], temperature=self.temperature)
+        hidden = self.policy.model.config.text_config.hidden_size
+        # The critic: a value head on the policy's last hidden state (shared trunk), zero-initialised so
+        # the first advantages are the raw returns.
+        self.value_head = torch.nn.Linear(hidden, 1).to(self.policy.device)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        params = list(self.policy.model.parameters()) + list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=float(c["lr"]), weight_decay=float(c["weight_decay"]),
+                                           betas=(0.9, 0.999), eps=1e-8)
+        self.reference = None
+        if float(c["kl_coef"]) > 0:
+            self.reference = PolicyModel(self.reference_path, device=c["device"], dtype=c["dtype"],
+                                         temperature=self.temperature)
+            self.reference.model.requires_grad_(False).eval()
+        self.step = 0
+        if checkpoint:
+            self._load_state(Path(checkpoint))
+
+    # -- one learner step -----------------------------------------------------------------------
+    def train_step(self, batch: Batch, version: int) -> Dict[str, float]:
+        c = self.cfg
+        t0 = time.perf_counter()
+        mask, inputs = batch.mask.to(self.policy.device), batch.model_inputs
+        behav = batch.behav_logp.to(self.policy.device)
+        rewards = batch.rewards.to(self.policy.device)
+        self.policy.model.eval()  # no dropout in the tiny model; keeps real checkpoints deterministic too
+
+        # 1. Proximal log-probs and values under the current weights.
+        with torch.no_grad():
+            logits, hidden = self.policy.forward(inputs)
+            prox = self.policy.token_logprobs(logits, inputs)
+            old_values = self.value_head(hidden).squeeze(-1)
+            ref = None
+            if self.reference is not None:
+                ref = self.reference.token_logprobs(self.reference.forward(inputs)[0], inputs)
+            del logits, hidden
+
+        # 2. Advantages and value targets.
+        use_critic = c["algo"] == "appo" or c["estimator"] == "gae"
+        if c["algo"] == "appo":
+            adv, returns = vtrace_advantages(prox, behav, rewards, old_values, mask, float(c["gamma"]),
+                                             clip_rho=float(c["vtrace_clip_rho"]),
+                                             clip_pg_rho=float(c["vtrace_clip_pg_rho"]))
+        elif c["estimator"] == "gae":
+            adv, returns = gae(rewards, old_values, mask, float(c["gamma"]), float(c["lam"]))
+        else:
+            seq_adv = group_baseline_advantages(batch.scores, batch.groups, leave_one_out=True,
+                                                scale=c["group_scale"]).to(self.policy.device)
+            adv = seq_adv[:, None] * mask
+            returns = returns_to_go(rewards, mask, float(c["gamma"]))
+        if c["whiten_advantages"]:
+            adv = whiten(adv, mask) * mask
+        # The behaviour policy enters the loss only through the decoupled importance weight; V-trace
+        # already weights its targets by the (clipped) behaviour ratio.
+        behav_for_loss = behav if (c["off_policy"] == "decoupled" and c["algo"] == "ppo") else None
+
+        # 3. Optimiser updates.
+        sums: Dict[str, float] = {}
+        n_updates = 0
+        order_gen = torch.Generator().manual_seed(int(c["seed"]) * 1_000_003 + self.step)
+        for _ in range(int(c["ppo_epochs"])):
+            order = torch.randperm(len(batch), generator=order_gen).tolist()
+            for part in np.array_split(np.asarray(order), int(c["minibatches"])):
+                idx = sorted(int(i) for i in part)
+                mb = batch.rows(idx) if len(idx) < len(batch) else batch
+                cut = mb.mask.shape[1]
+                m = mask[idx, :cut]
+                logits, hidden = self.policy.forward(mb.model_inputs)
+                logp = self.policy.token_logprobs(logits, mb.model_inputs)
+                pl, pm = ppo_policy_loss(
+                    logp, prox[idx, :cut], None if behav_for_loss is None else behav_for_loss[idx, :cut],
+                    adv[idx, :cut], m, clip_low=float(c["clip_low"]), clip_high=float(c["clip_high"]),
+                    behav_cap=c["behav_cap"], behav_mode=c["behav_mode"], agg=c["loss_agg"])
+                loss = pl
+                metrics = {"loss/policy": float(pl.detach()), **pm}
+                if use_critic:
+                    values = self.value_head(hidden).squeeze(-1)
+                    vl, vm = value_loss(values, old_values[idx, :cut], returns[idx, :cut], m,
+                                        clip=c["value_clip"], agg=c["loss_agg"])
+                    loss = loss + float(c["value_coef"]) * vl
+                    metrics.update({"loss/value": float(vl.detach()), **vm})
+                ent = aggregate(entropy_from_logits(logits), m, c["loss_agg"])
+                metrics["loss/entropy"] = float(ent.detach())
+                if float(c["entropy_coef"]) > 0:
+                    loss = loss - float(c["entropy_coef"]) * ent
+                if ref is not None:
+                    kl = aggregate(kl_penalty(logp, ref[idx, :cut], c["kl_estimator"]), m, c["loss_agg"])
+                    loss = loss + float(c["kl_coef"]) * kl
+                    metrics["kl/ref"] = float(kl.detach())
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(
+                    list(self.policy.model.parameters()) + list(self.value_head.parameters()),
+                    float(c["max_grad_norm"]) if float(c["max_grad_norm"]) > 0 else float("inf"))
+                self.optimizer.step()
+                metrics.update({"loss/total": float(loss.detach()), "perf/grad_norm": float(gn)})
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n_updates += 1
+                del logits, hidden, logp, loss
+        self.step += 1
+
+        out = {k: v / n_updates for k, v in sums.items()}
+        # Staleness of every trained token: how many versions behind the learner its sampler was.
+        tok_versions = batch.versions[batch.mask.bool()]
+        stale = (int(version) - tok_versions).clamp(min=0).float()
+        out.update({
+            "staleness/mean": float(stale.mean()) if stale.numel() else 0.0,
+            "staleness/max": float(stale.max()) if stale.numel() else 0.0,
+            "behav/max_abs_logp_diff": float(((prox - behav).abs() * mask).max()),
+            "value/explained_variance": explained_variance(old_values, returns, mask) if use_critic else float("nan"),
+            "adv/mean": float((adv * mask).sum() / mask.sum().clamp(min=1)),
+            "adv/abs_mean": float((adv.abs() * mask).sum() / mask.sum().clamp(min=1)),
+            "perf/train_s": time.perf_counter() - t0,
+            "perf/policy_tokens": float(mask.sum()),
+            "perf/updates": float(n_updates),
+        })
+        out["staleness/_hist"] = np.bincount(stale.long().numpy(), minlength=1).tolist() if stale.numel() else [0]
+        return out
+
+    # -- weights and checkpoints ----------------------------------------------------------------
+    def rollout_state_dict(self) -> Dict[str, torch.Tensor]:
+        return self.policy.state_dict_for_rollout()
+
+    def save_checkpoint(self, out_dir: str | Path, extra: Optional[Dict[str, Any]] = None) -> Path:
+        """``policy/`` loads in transformers and vLLM as it is; ``learner.pt`` holds the critic and the
+        optimiser (tensors only: read back with ``weights_only=True``); ``state.json`` the rest."""
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.policy.save_pretrained(tmp / "policy")
+        torch.save({"value_head": self.value_head.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, tmp / "learner.pt")
+        np_state = np.random.get_state()
+        state = {"step": self.step, "reference_path": str(self.reference_path),
+                 "python_rng": _jsonable(random.getstate()),
+                 "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]], **(extra or {})}
+        (tmp / "state.json").write_text(json.dumps(state))
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        tmp.rename(out)  # a crash mid-save leaves the previous checkpoint intact
+        return out
+
+    def _load_state(self, ckpt: Path) -> None:
+        blob = torch.load(ckpt / "learner.pt", map_location=self.policy.device, weights_only=True)
+        self.value_head.load_state_dict(blob["value_head"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        torch.set_rng_state(blob["torch_rng"])
+        state = json.loads((ckpt / "state.json").read_text())
+        self.step = int(state["step"])
+        random.setstate(_tupled(state["python_rng"]))
+        n = state["numpy_rng"]
+        np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+
+    def cleanup(self) -> None:
+        self.reference = None
+
+
+def read_checkpoint_state(ckpt: str | Path) -> Dict[str, Any]:
+    return json.loads((Path(ckpt) / "state.json").read_text())
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _tupled(x):
+    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x
