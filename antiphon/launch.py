@@ -99,7 +99,8 @@ def cold_start_policy(cfg: DictConfig, model_path: Path, scenarios) -> Path:
 
     d = cfg.rollout.dialogue
     cs_cfg = dict(to_plain(cs), open_think=d.open_think, user_text_in_prompt=d.user_text_in_prompt,
-                  system_prompt=d.system_prompt, max_turns=d.max_turns)
+                  system_prompt=d.system_prompt, max_turns=d.max_turns, think_budget=d.think_budget,
+                  max_new_tokens=cfg.rollout.max_new_tokens)
     key = f"{cfg.simulator.scenarios or 'generated'}:{cfg.simulator.num_scenarios}:{cfg.simulator.seed}:" \
           f"{cfg.experiment.seed}:{cfg.simulator.max_turns}"
     t0 = time.perf_counter()

@@ -42,8 +42,9 @@ from antiphon.style import STYLE_TAGS, parse_style
 
 COLD_START_VERSION = 1  # bump when the teacher or the recipe changes: invalidates cached cold starts
 
-# Recommended defaults (tiny policy, 2 CPU cores: see the report in tests/learner/test_cold_start.py).
-DEFAULTS: Dict[str, Any] = {"dialogues": 192, "epochs": 3, "lr": 3e-3, "batch_size": 8, "seed": 0}
+# Recommended defaults for the tiny policy: ~40 s of training on 2 CPU cores (~50 s in all with the
+# synthesis and the sampled check), sampled (temperature 1) format rate 0.96-0.99 over 3 seeds.
+DEFAULTS: Dict[str, Any] = {"dialogues": 256, "epochs": 4, "lr": 3e-3, "batch_size": 4, "seed": 0}
 
 # Reasoning and replies are generic: no emotion words, no arithmetic -- format only.
 _REASONING = [
@@ -87,7 +88,8 @@ def teacher_turn(rng: random.Random, question: Optional[str]) -> Tuple[str, str]
     return reasoning, reply
 
 
-def teacher_turn_ids(chat: ChatFormat, reasoning: str, reply: str, open_think: bool = True) -> Tuple[List[int], List[int]]:
+def teacher_turn_ids(chat: ChatFormat, reasoning: str, reply: str,
+                     open_think: bool = True) -> Tuple[List[int], List[int]]:
     """The two pieces the rollout engine would return: (reasoning + ``</think>``, reply + ``<|im_end|>``).
     Without ``open_think`` the agent turn has no reasoning phase: the first piece is empty."""
     end_think = chat.tokenizer.convert_tokens_to_ids(END_THINK)
@@ -274,7 +276,8 @@ class _frozen_audio:
 
 # -- sampling check --------------------------------------------------------------------------------------
 def sample_format_rate(policy, prompts, samples_per_prompt: int = 1, max_new_tokens: int = 48,
-                       think_budget: int = 32, seed: int = 0, batch_size: int = 32) -> Dict[str, Any]:
+                       think_budget: int = 32, seed: int = 0, batch_size: int = 32,
+                       max_examples: int = 6) -> Dict[str, Any]:
     """Samples one agent turn per prompt (x ``samples_per_prompt``) from the policy's sampling distribution
     (``forward_logits``: its temperature, structural tokens masked) and checks the format.
 
@@ -334,7 +337,7 @@ def sample_format_rate(policy, prompts, samples_per_prompt: int = 1, max_new_tok
         if ended and has_think and k < think_budget and style is not None:
             n_ok += 1
             styles[style] += 1
-        if len(examples) < 6:
+        if len(examples) < max_examples:
             examples.append(tok.decode(g, skip_special_tokens=False))
     n = max(1, len(outs))
     counts = {s: styles.get(s, 0) for s in _STYLES}
@@ -389,7 +392,8 @@ def train_cold_start(model_path, out_dir, scenarios: Sequence[Scenario], sim_cfg
     ``cfg``: ``dialogues`` (synthetic dialogues, scenarios cycled), ``epochs``, ``lr``, ``batch_size``,
     ``seed``; optional ``open_think``, ``user_text_in_prompt``, ``system_prompt``, ``max_turns``,
     ``think_budget``, ``max_new_tokens`` (the rollout's settings, so the layout matches),
-    ``weight_decay`` (0), ``train_audio`` (False: the audio tower stays as it is -- nothing here is about
+    ``weight_decay`` (0), ``schedule`` ("cosine": warm-up over ``warmup`` (0.1) of the steps, then cosine
+    down to lr/10; or "constant"), ``train_audio`` (False: the audio tower stays as it is -- nothing here is about
     hearing), ``eval_prompts`` (32 held-out first turns sampled once each after training; 0: skip).
     AdamW in fp32, mean NLL over teacher tokens. Writes ``out_dir/cold_start.json`` and returns it.
     """
@@ -398,7 +402,7 @@ def train_cold_start(model_path, out_dir, scenarios: Sequence[Scenario], sim_cfg
     from learner.policy import PolicyModel
 
     t0 = time.perf_counter()
-    c = {**DEFAULTS, **dict(cfg)}
+    c = {**DEFAULTS, **_plain(cfg)}
     opts = _dialogue_options(c)
     n_dialogues, epochs, lr = int(c["dialogues"]), int(c["epochs"]), float(c["lr"])
     batch_size, seed = int(c["batch_size"]), int(c["seed"])
@@ -425,16 +429,33 @@ def train_cold_start(model_path, out_dir, scenarios: Sequence[Scenario], sim_cfg
     frozen = None if train_audio else _frozen_audio(policy).__enter__()
     params = [p for p in policy.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=float(c.get("weight_decay", 0.0)))
+    # Similar lengths batched together (less padding); batches shuffled every epoch.
+    # ~ expanded length: tokens plus one audio embedding per 640 samples (40 ms)
+    by_len = sorted(range(len(data)),
+                    key=lambda i: len(data[i][0].completion_ids) + sum(len(a) for a in data[i][0].audio) // 640)
+    batches = [by_len[s:s + batch_size] for s in range(0, len(by_len), batch_size)]
+    total_steps = max(1, epochs * len(batches))
+    warmup = int(float(c.get("warmup", 0.1)) * total_steps)
+    schedule = str(c.get("schedule", "cosine"))
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"cold_start.schedule={schedule!r}: expected 'cosine' or 'constant'")
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        if schedule == "constant":
+            return lr
+        frac = (step - warmup) / max(1, total_steps - warmup)
+        return lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))  # cosine down to lr / 10
+
     probe = data[:min(16, len(data))]
     policy.model.eval()
     nll_before = _nll(policy, probe, batch_size)
     _log(f"teacher-token NLL before: {nll_before:.3f}")
     order_rng = random.Random(seed)
     losses, t1 = [], time.perf_counter()
-    # Similar lengths batched together (less padding); batches shuffled every epoch.
-    by_len = sorted(range(len(data)), key=lambda i: len(data[i][0].completion_ids))
-    batches = [by_len[s:s + batch_size] for s in range(0, len(by_len), batch_size)]
     policy.model.train()
+    step = 0
     for epoch in range(epochs):
         order_rng.shuffle(batches)
         tot, cnt = 0.0, 0.0
@@ -447,7 +468,10 @@ def train_cold_start(model_path, out_dir, scenarios: Sequence[Scenario], sim_cfg
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
             opt.step()
+            step += 1
             tot += float(loss.detach()) * float(m.sum())
             cnt += float(m.sum())
         losses.append(tot / max(cnt, 1.0))
@@ -536,9 +560,10 @@ def ensure_cold_start(model_path, scenarios_key: str, sim_cfg: Mapping[str, Any]
     """The cold-started policy directory for these inputs, trained once and reused (e.g. by a Hydra multirun).
 
     Keyed by the model's weights, ``cfg``, ``scenarios_key`` (names the scenario set) and ``sim_cfg``.
-    ``scenarios``: the set itself; default: ``simulator.scenarios.generate_scenarios`` from ``sim_cfg``'s
-    ``num_scenarios``/``seed``/``max_turns``. Built in a temporary folder and renamed into place; a file
-    lock serialises processes on one machine, and a process that loses a rename race uses the winner's.
+    ``scenarios``: the set itself; default: ``sim_cfg``'s ``scenarios`` file, else
+    ``simulator.scenarios.generate_scenarios`` from its ``num_scenarios``/``seed``/``max_turns``. Built in a
+    temporary folder and renamed into place; a file lock serialises processes on one machine, and a process
+    that loses a rename race (no shared lock, e.g. another machine) uses the winner's.
     """
     cache = Path(os.path.expanduser(str(cache_dir)))
     cache.mkdir(parents=True, exist_ok=True)
@@ -553,11 +578,11 @@ def ensure_cold_start(model_path, scenarios_key: str, sim_cfg: Mapping[str, Any]
             _log(f"reusing {target}")
             return target
         if scenarios is None:
-            from simulator.scenarios import generate_scenarios
+            from simulator.scenarios import generate_scenarios, read_jsonl
 
             sc = _plain(sim_cfg)
-            scenarios = generate_scenarios(int(sc.get("num_scenarios", 1000)), int(sc.get("seed", 0)),
-                                           int(sc.get("max_turns", 3)))
+            scenarios = read_jsonl(sc["scenarios"]) if sc.get("scenarios") else generate_scenarios(
+                int(sc.get("num_scenarios", 1000)), int(sc.get("seed", 0)), int(sc.get("max_turns", 3)))
         tmp = Path(tempfile.mkdtemp(prefix=f".cold-start-{key}-", dir=cache))
         try:
             result = train_cold_start(model_path, tmp, scenarios, sim_cfg, cfg)

@@ -157,10 +157,10 @@ class ColdStartConfig:
     """Supervised warm start that teaches the output format before RL (learner/cold_start.py)."""
 
     enabled: bool = True
-    dialogues: int = 192  # synthetic dialogues from the scenario set (styles and answers drawn at random)
-    epochs: int = 3
-    lr: float = 3.0e-3
-    batch_size: int = 8
+    dialogues: int = 256  # synthetic dialogues from the scenario set (styles and answers drawn at random)
+    epochs: int = 4
+    lr: float = 3.0e-3  # warm-up then cosine to lr/10; measured in learner/cold_start.py
+    batch_size: int = 4
     seed: int = 0
 
 

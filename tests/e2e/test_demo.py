@@ -1,5 +1,5 @@
-"""The real entry point with a tiny budget: Ray, vLLM rollout workers, voiced scripted users, the Redis
-stream (embedded Valkey), the learner's model and a weight broadcast."""
+"""The real entry point with small budgets: cold start, Ray, vLLM rollout workers, voiced scripted users,
+embedded Valkey, the reward service and the PPO learner broadcasting weights back."""
 from __future__ import annotations
 
 import json
@@ -11,26 +11,55 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_main_entry_point_runs_end_to_end(tmp_path):
+def _run(run_dir, *overrides, timeout=900):
+    res = subprocess.run([sys.executable, "-m", "antiphon.launch", f"experiment.run_dir={run_dir}", *overrides],
+                         capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    return res, json.loads((run_dir / "summary.json").read_text())
+
+
+def _metrics(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sync_run_trains_on_policy_and_writes_everything(tmp_path):
+    """Sync mode: every trained token was sampled by the weights being trained, so the learner's
+    proximal log-probs equal vLLM's behaviour log-probs (ratio 1 within 1e-4) at every step."""
     run_dir = tmp_path / "run"
-    res = subprocess.run(
-        [sys.executable, "-m", "antiphon.launch", "rollout.num_workers=1", "experiment.dialogues_per_round=4",
-         "experiment.rounds=2", "rollout.max_new_tokens=24", "rollout.dialogue.think_budget=8",
-         f"experiment.run_dir={run_dir}"],
-        capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    rounds = summary["rounds"]
-    assert [r["weight_version"] for r in rounds] == [0, 1]
-    for r in rounds:
-        assert r["dialogues"] == r["published"] == r["trajectories"] == 4
-        assert r["agent_turns"] == 12 and r["end_reasons"] == {"user_ended": 4}
-        assert r["max_abs_logprob_diff"] < 1e-4 and 0 <= r["mean_user_feedback"] <= 1
-    assert summary["stream"] == "antiphon:tiny_cpu:scored"  # the launcher read what the reward service wrote
-    dialogues = list((run_dir / "dialogues").iterdir())
-    assert len(dialogues) == 4
-    assert len(list(dialogues[0].glob("*_user.wav"))) == 4 and (dialogues[0] / "transcript.txt").exists()
-    assert (run_dir / "valkey").is_dir()  # the embedded server persisted there
-    assert "Not wired in yet: PPO learner" in res.stdout
-    for r in rounds:  # the reward service scored every dialogue, each component kept apart
-        assert {"reward/total", "reward/think_format", "reward/user_feedback", "reward/verbosity"} <= set(r)
+    res, summary = _run(run_dir, "learner.mode=sync", "learner.steps=3", "learner.batch_size=4",
+                        "learner.group_size=2", "rollout.num_workers=1", "learner.checkpoint_every=2")
+    steps = _metrics(run_dir)
+    assert [m["step"] for m in steps] == [1, 2, 3] and [m["version"] for m in steps] == [1, 2, 3]
+    for m in steps:
+        assert m["behav/max_abs_logp_diff"] < 1e-4, m
+        assert abs(m["ratio/mean"] - 1) < 1e-4 and m["staleness/max"] == 0
+        assert m["rollout/trajectories"] == 4 and m["reward/total"] == m["reward/total"]
+        assert {"loss/policy", "loss/value", "kl/approx", "clip/low_frac", "value/explained_variance",
+                "perf/grad_norm", "kl/behav_prox"} <= set(m)
+    assert "step 3/3" in res.stdout and "reward" in res.stdout and "tok/s" in res.stdout
+    assert summary["learner"]["trained"] == 12 and summary["mode"] == "sync"
+    assert summary["learner"]["counts"].get("dropped_stale", 0) == 0
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
+    assert ckpts == ["step_000002", "step_000003"]
+    final = run_dir / "checkpoints" / "step_000003"
+    state = json.loads((final / "state.json").read_text())
+    assert state["version"] == 3 and len(state["trained_ids"]) == 12 == len(set(state["trained_ids"]))
+    assert (final / "policy" / "model.safetensors").exists() and (final / "learner.pt").exists()
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert (run_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "reward/total" in summary["learning"]["reward"]
+    assert any((run_dir / "dialogues").iterdir())
+
+
+def test_resume_from_a_checkpoint_continues_the_version(tmp_path):
+    first = tmp_path / "first"
+    _run(first, "learner.mode=sync", "learner.steps=2", "learner.batch_size=4", "learner.group_size=2",
+         "rollout.num_workers=1", "learner.cold_start.enabled=false")
+    second = tmp_path / "second"
+    res, summary = _run(second, f"resume={first / 'checkpoints' / 'step_000002'}", "learner.steps=3",
+                        "learner.batch_size=4", "learner.group_size=2", "rollout.num_workers=1",
+                        "learner.mode=sync", "learner.cold_start.enabled=false")
+    steps = _metrics(second)
+    assert [m["step"] for m in steps] == [3] and steps[0]["version"] == 3
+    assert steps[0]["behav/max_abs_logp_diff"] < 1e-4  # the workers run the checkpoint's weights
+    assert "resuming from" in res.stdout
