@@ -116,7 +116,7 @@ def progress_line(step: int, steps: int, out: Dict[str, Any], tokens_per_s: floa
     for k in ("reward/user_feedback", "reward/emotional_continuity"):
         if k in m:
             parts.append(f"{k.split('/')[1]} {m[k]:.2f}")
-    parts += [f"kl {m.get('kl/approx', float('nan')):.4f}", f"staleness {m['staleness/mean']:.2f}",
+    parts += [f"kl {m.get('kl/update', float('nan')):.4f}", f"staleness {m['staleness/mean']:.2f}",
               f"{tokens_per_s:.0f} tok/s", f"{elapsed:.0f}s"]
     return " | ".join(parts)
 

@@ -108,6 +108,11 @@ class PPORecipe:
         sums: Dict[str, float] = {}
         n_updates = 0
         order_gen = torch.Generator().manual_seed(int(c["seed"]) * 1_000_003 + self.step)
+        # Linear warm-up: Adam's first steps move every weight by ~lr whatever the gradient's size, which
+        # on a freshly fine-tuned policy is a large, mostly random jump. A function of the step: resumable.
+        lr = float(c["lr"]) * min(1.0, (self.step + 1) / max(1, int(c["warmup_steps"])))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         for _ in range(int(c["ppo_epochs"])):
             order = torch.randperm(len(batch), generator=order_gen).tolist()
             for part in np.array_split(np.asarray(order), int(c["minibatches"])):
@@ -151,6 +156,11 @@ class PPORecipe:
         self.step += 1
 
         out = {k: v / n_updates for k, v in sums.items()}
+        # How far this step moved the policy on its own batch (k3 estimate of KL(prox || new)).
+        with torch.no_grad():
+            new_logp = self.policy.token_logprobs(self.policy.forward(inputs)[0], inputs)
+            out["kl/update"] = float(aggregate(kl_penalty(new_logp, prox, "k3"), mask, "token_mean"))
+            del new_logp
         # Staleness of every trained token: how many versions behind the learner its sampler was.
         tok_versions = batch.versions[batch.mask.bool()]
         stale = (int(version) - tok_versions).clamp(min=0).float()
@@ -164,6 +174,7 @@ class PPORecipe:
             "perf/train_s": time.perf_counter() - t0,
             "perf/policy_tokens": float(mask.sum()),
             "perf/updates": float(n_updates),
+            "perf/lr": lr,
         })
         out["staleness/_hist"] = np.bincount(stale.long().numpy(), minlength=1).tolist() if stale.numel() else [0]
         return out

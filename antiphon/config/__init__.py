@@ -186,7 +186,7 @@ def _check_learner(lr: DictConfig, rollout: DictConfig) -> List[str]:
     for key, allowed in choices.items():
         _require(errors, lr[key] in allowed, f"learner.{key}", lr[key], f"must be one of {', '.join(allowed)}")
     for key in ("steps", "batch_size", "group_size", "ppo_epochs", "minibatches", "broadcast_every",
-                "checkpoint_every", "log_samples_every", "num_threads"):
+                "checkpoint_every", "log_samples_every", "num_threads", "warmup_steps"):
         _require(errors, lr[key] >= 1, f"learner.{key}", lr[key], "must be >= 1")
     _require(errors, lr.max_staleness >= 0, "learner.max_staleness", lr.max_staleness, "must be >= 0")
     _require(errors, lr.batch_size % lr.group_size == 0, "learner.batch_size", lr.batch_size,

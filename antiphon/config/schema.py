@@ -169,6 +169,7 @@ class LearnerConfig:
     device: Device = Device.cpu
     dtype: DType = DType.float32  # cuda: bf16 autocast over fp32 master weights
     lr: float = 1.0e-5
+    warmup_steps: int = 10  # learner steps of linear lr warm-up
     seed: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
