@@ -45,8 +45,12 @@ def init_ray(cluster: DictConfig, num_cpus_needed: float) -> None:
 @contextlib.contextmanager
 def transport_for_run(cfg: DictConfig, run_dir: Path):
     """The run's transport config as a plain dict with a usable ``url``: the configured server, or an
-    embedded Valkey (loopback, generated password, AOF on) that lives as long as the block."""
+    embedded Valkey (loopback, generated password, AOF on) that lives as long as the block. In a Hydra
+    multirun each job gets its own stream namespace (``<namespace>.job<N>``), even on a shared server."""
     tcfg = to_plain(cfg.transport)
+    job = _multirun_job()
+    if job is not None:
+        tcfg["namespace"] = f"{tcfg['namespace']}.job{job}"
     if tcfg.get("url"):
         yield tcfg
         return
@@ -56,6 +60,16 @@ def transport_for_run(cfg: DictConfig, run_dir: Path):
     with EmbeddedValkey(data_dir, appendfsync=tcfg["appendfsync"]) as server:
         say(f"embedded Valkey on {server!r}, data in {data_dir}")
         yield dict(tcfg, url=server.url)
+
+
+def _multirun_job():
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return hc.job.num if hc.mode == RunMode.MULTIRUN else None
 
 
 def validated_run_dir(cfg: DictConfig, prog: str) -> Path:

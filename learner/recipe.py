@@ -156,10 +156,14 @@ class PPORecipe:
         self.step += 1
 
         out = {k: v / n_updates for k, v in sums.items()}
-        # How far this step moved the policy on its own batch (k3 estimate of KL(prox || new)).
+        # How far this step moved the policy (k3 estimate of KL(prox || new)), on a few rows: a diagnostic.
         with torch.no_grad():
-            new_logp = self.policy.token_logprobs(self.policy.forward(inputs)[0], inputs)
-            out["kl/update"] = float(aggregate(kl_penalty(new_logp, prox, "k3"), mask, "token_mean"))
+            rows = list(range(min(4, len(batch))))
+            sub = batch.rows(rows)
+            cut = sub.mask.shape[1]
+            new_logp = self.policy.token_logprobs(self.policy.forward(sub.model_inputs)[0], sub.model_inputs)
+            out["kl/update"] = float(aggregate(kl_penalty(new_logp, prox[rows, :cut], "k3"),
+                                               mask[rows, :cut], "token_mean"))
             del new_logp
         # Staleness of every trained token: how many versions behind the learner its sampler was.
         tok_versions = batch.versions[batch.mask.bool()]

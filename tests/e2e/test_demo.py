@@ -27,7 +27,9 @@ def test_sync_run_trains_on_policy_and_writes_everything(tmp_path):
     proximal log-probs equal vLLM's behaviour log-probs (ratio 1 within 1e-4) at every step."""
     run_dir = tmp_path / "run"
     res, summary = _run(run_dir, "learner.mode=sync", "learner.steps=3", "learner.batch_size=4",
-                        "learner.group_size=2", "rollout.num_workers=1", "learner.checkpoint_every=2")
+                        "learner.group_size=2", "rollout.num_workers=1", "learner.checkpoint_every=2",
+                        "learner.minibatches=1",  # one update per step: its ratio is exactly the fresh one
+                        "learner.estimator=gae")  # the learned-critic path (the demo default is the group baseline)
     steps = _metrics(run_dir)
     assert [m["step"] for m in steps] == [1, 2, 3] and [m["version"] for m in steps] == [1, 2, 3]
     for m in steps:
