@@ -33,6 +33,9 @@ class Batch:
     rewards: torch.Tensor
     scores: torch.Tensor  # [B] total reward per dialogue (what the group baseline compares)
     components: Dict[str, List[float]]  # mean raw value per dialogue, per reward component (for logging)
+    turn_idx: torch.Tensor  # [B, T-1] long: the agent turn (0, 1, ...) each policy token belongs to, -1 elsewhere
+    turn_rewards: List[List[float]]  # per row, each agent turn's reward
+    dialogue_rewards: List[float]  # per row
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -53,7 +56,9 @@ class Batch:
         cut = width - 1
         return Batch([self.ids[i] for i in idx], [self.groups[i] for i in idx], mi, self.mask[idx, :cut],
                      self.behav_logp[idx, :cut], self.versions[idx, :cut], self.rewards[idx, :cut],
-                     self.scores[idx], {k: [v[i] for i in idx] for k, v in self.components.items()})
+                     self.scores[idx], {k: [v[i] for i in idx] for k, v in self.components.items()},
+                     self.turn_idx[idx, :cut], [self.turn_rewards[i] for i in idx],
+                     [self.dialogue_rewards[i] for i in idx])
 
 
 def turn_rewards(scored, reward_norm: str = "none", stats: Dict[str, Any] | None = None):
@@ -97,6 +102,8 @@ def build_batch(policy: PolicyModel, scored_list, reward_norm: str = "none") -> 
     behav = torch.zeros(B, T - 1)
     versions = torch.full((B, T - 1), -1, dtype=torch.long)
     rewards = torch.zeros(B, T - 1)
+    turn_idx = torch.full((B, T - 1), -1, dtype=torch.long)
+    all_turn_r, all_dial_r = [], []
     stats = component_stats(scored_list) if reward_norm == "batch" else None
     comps: Dict[str, List[float]] = {}
     for i, s in enumerate(scored_list):
@@ -114,17 +121,20 @@ def build_batch(policy: PolicyModel, scored_list, reward_norm: str = "none") -> 
         if len(turn_r) != len(agent_turns):
             raise ValueError(f"trajectory {t.trajectory_id}: {len(turn_r)} turn rewards for "
                              f"{len(agent_turns)} agent turns")
-        for turn, rew in zip(agent_turns, turn_r):
+        for k, (turn, rew) in enumerate(zip(agent_turns, turn_r)):
             inside = policy_idx[(policy_idx >= turn.start) & (policy_idx < turn.end)]
+            if len(inside):
+                turn_idx[i, torch.as_tensor(cols[inside - 1])] = k
             if len(inside) and rew:
                 rewards[i, cols[inside[-1] - 1]] += float(rew)
+        all_turn_r.append([float(x) for x in turn_r])
+        all_dial_r.append(float(dial_r))
         if len(policy_idx):
             rewards[i, cols[policy_idx[-1] - 1]] += float(dial_r)
         for name, cv in s.rewards.components.items():
             vals = [x for x, a in zip(cv["raw"], cv["applicable"]) if a]
             comps.setdefault(name, [float("nan")] * len(scored_list))[i] = float(np.mean(vals)) if vals else float("nan")
     groups = [s.trajectory.meta.get("group", s.trajectory.scenario.get("scenario_id")) for s in scored_list]
-    scores = torch.tensor([float(sum(turn_rewards(s, reward_norm, stats)[0]) + turn_rewards(s, reward_norm, stats)[1])
-                           for s in scored_list])
+    scores = torch.tensor([sum(t) + d for t, d in zip(all_turn_r, all_dial_r)])
     return Batch([s.trajectory.trajectory_id for s in scored_list], groups, mi, mask, behav, versions, rewards,
-                 scores, comps)
+                 scores, comps, turn_idx, all_turn_r, all_dial_r)

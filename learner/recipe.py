@@ -93,10 +93,13 @@ class PPORecipe:
                                              clip_pg_rho=float(c["vtrace_clip_pg_rho"]))
         elif c["estimator"] == "gae":
             adv, returns = gae(rewards, old_values, mask, float(c["gamma"]), float(c["lam"]))
-        else:
+        elif c["group_credit"] == "dialogue":
             seq_adv = group_baseline_advantages(batch.scores, batch.groups, leave_one_out=True,
                                                 scale=c["group_scale"]).to(self.policy.device)
             adv = seq_adv[:, None] * mask
+            returns = returns_to_go(rewards, mask, float(c["gamma"]))
+        else:
+            adv = turn_group_advantages(batch, c["group_scale"]).to(self.policy.device) * mask
             returns = returns_to_go(rewards, mask, float(c["gamma"]))
         if c["whiten_advantages"]:
             adv = whiten(adv, mask) * mask
@@ -221,6 +224,24 @@ class PPORecipe:
 
     def cleanup(self) -> None:
         self.reference = None
+
+
+def turn_group_advantages(batch: Batch, scale: str = "none") -> torch.Tensor:
+    """Critic-free, per-turn credit: a token of agent turn k gets (its turn's reward minus the mean of
+    the same turn's reward in the other rollouts of its group) plus (its dialogue reward minus the
+    others' mean). Rollouts of one group play the same scenario, so turn k meets the same user state
+    in all of them: the comparison isolates what this turn did. [B, T-1], 0 off policy tokens."""
+    adv = torch.zeros(batch.turn_idx.shape)
+    dial = group_baseline_advantages(torch.tensor(batch.dialogue_rewards), batch.groups, leave_one_out=True,
+                                     scale=scale)
+    n_turns = max((len(t) for t in batch.turn_rewards), default=0)
+    for k in range(n_turns):
+        rows = [i for i, t in enumerate(batch.turn_rewards) if len(t) > k]
+        a = group_baseline_advantages(torch.tensor([batch.turn_rewards[i][k] for i in rows]),
+                                      [batch.groups[i] for i in rows], leave_one_out=True, scale=scale)
+        for i, v in zip(rows, a.tolist()):
+            adv[i][batch.turn_idx[i] == k] = v + float(dial[i])
+    return adv
 
 
 def read_checkpoint_state(ckpt: str | Path) -> Dict[str, Any]:

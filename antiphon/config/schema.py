@@ -192,6 +192,7 @@ class LearnerConfig:
     gamma: float = 1.0
     lam: float = 1.0
     group_scale: str = "none"  # group estimator: none (RLOO) | std (GRPO)
+    group_credit: str = "turn"  # group estimator: turn (per-turn leave-one-out) | dialogue (total reward)
     whiten_advantages: bool = True
     reward_norm: str = "none"  # none (the service's composition) | batch (z-score each component over the batch)
     # -- loss ----------------------------------------------------------------------------------

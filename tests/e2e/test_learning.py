@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_tiny_default_reward_rises_because_the_policy_learned(tmp_path, seed):
-    """The default experiment, shortened to 35 learner steps. Margin: at a fixed policy the batch-mean
+    """The default experiment, shortened to 50 learner steps. Margin: at a fixed policy the batch-mean
     reward of one step (16 dialogues) varies with a standard deviation of ~0.3-0.4 (measured), so the
     last-20% mean must exceed the first-20% mean by more than twice the standard error of that
     difference, estimated from the run's own two windows -- a chance rise passes with probability
@@ -22,7 +22,7 @@ def test_tiny_default_reward_rises_because_the_policy_learned(tmp_path, seed):
     policy produced; what moves is the policy's emotional match with the user (user_feedback)."""
     run_dir = tmp_path / "run"
     res = subprocess.run([sys.executable, "-m", "antiphon.launch", f"experiment.run_dir={run_dir}",
-                          "learner.steps=35", f"experiment.seed={seed}", f"learner.seed={seed}",
+                          "learner.steps=50", f"experiment.seed={seed}", f"learner.seed={seed}",
                           f"rollout.seed={seed}"], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
