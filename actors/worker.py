@@ -52,13 +52,7 @@ class RolloutWorker:
         come back in ``"trajectories"``. Dialogues that end before any agent turn produce no trajectory
         but are counted under their reason in ``"end_reasons"``.
         """
-        import asyncio
-        import time
         from collections import Counter
-
-        from actors.dialogue import Dialogue
-        from antiphon.dialogue import Scenario, simulator_factory
-        from antiphon.protocol import encode
 
         self._ensure_dialogue_parts()
         make_sim = simulator_factory(simulator_cfg, self.settings.sample_rate)

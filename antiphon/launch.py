@@ -210,21 +210,40 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             scen = [x.to_dict() for x in scenarios]
             streams = [w.run_stream.remote(scen, sim_cfg, cfg.experiment.name, tcfg, admission) for w in workers]
             last_t, t_loop = time.perf_counter(), time.perf_counter()
+            # Async: version v's weights load into the workers while the learner already trains on the
+            # next batch; admission opens for v only once every worker has them, so a dialogue admitted
+            # under v never starts on older weights. Sync: each step waits for its broadcast.
+            admit = Admission(reader)
+            pending = None  # (version, load refs, start time)
+
+            def finish_broadcast():
+                v, refs, t_b = pending
+                load = ray.get(refs)
+                admit.set_version(v)
+                return max(load), time.perf_counter() - t_b
+
+            load_s, bcast_s = 0.0, 0.0
             for step in range(int(info["version"]) + 1, int(lc.steps) + 1):
                 samples = step % int(lc.log_samples_every) == 0 or step == 1
-                out = ray.get(learner.step.remote(want_samples=samples))
+                step_ref = learner.step.remote(want_samples=samples)
+                if pending is not None:
+                    load_s, bcast_s = finish_broadcast()
+                    pending = None
+                out = ray.get(step_ref)
                 version = out["version"]
-                load_s = [0.0]
+                out["metrics"]["perf/weight_load_s"], out["metrics"]["perf/broadcast_s"] = load_s, bcast_s
                 if version % int(lc.broadcast_every) == 0 or step == lc.steps:
-                    tb0 = time.perf_counter()
-                    load_s = broadcast_weights(workers, ray.get(learner.publish_weights.remote()), version)
-                    out["metrics"]["perf/broadcast_s"] = time.perf_counter() - tb0
-                ray.get(learner.set_admission_version.remote())
+                    handle = ray.get(learner.publish_weights.remote())
+                    pending = (version, [w.load_weights.remote(handle, version) for w in workers], time.perf_counter())
+                    if lc.mode == "sync":
+                        load_s, bcast_s = finish_broadcast()
+                        pending = None
+                else:
+                    admit.set_version(version)
                 if step % int(lc.checkpoint_every) == 0 or step == lc.steps:
                     ray.get(learner.save_checkpoint.remote())
                 now = time.perf_counter()
                 m = out["metrics"]
-                m["perf/weight_load_s"] = max(load_s)
                 m["perf/tokens_per_s"] = m["perf/policy_tokens"] / max(now - last_t, 1e-6)
                 m["time_s"] = now - t_start
                 last_t = now
@@ -234,6 +253,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                     f.write(json.dumps(line) + "\n")
                 _tb_step(tb, step, out)
                 say(progress_line(step, int(lc.steps), out, m["perf/tokens_per_s"], now - t_start))
+            if pending is not None:
+                finish_broadcast()
             loop_s = time.perf_counter() - t_loop
             for w in workers:
                 w.stop_stream.remote()

@@ -132,11 +132,6 @@ class Learner:
         """A handle rollout workers load the current weights from (tagged with the current version)."""
         return self.sender.publish(self.recipe.rollout_state_dict(), self.version)
 
-    def set_admission_version(self) -> None:
-        """Opens admission for the new version -- called once every worker has loaded its weights, so a
-        dialogue admitted under version v never starts on older weights."""
-        self.admission.set_version(self.version)
-
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> str:
         path = self.run_dir / "checkpoints" / f"step_{self.version:06d}"

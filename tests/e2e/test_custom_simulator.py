@@ -42,14 +42,15 @@ def test_custom_simulator_runs_through_a_hydra_override(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(pkg) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run(
         [sys.executable, "-m", "antiphon.launch", "simulator._target_=my_sims.CountingUser", "+simulator.turns=3",
-         "rollout.num_workers=1", "experiment.dialogues_per_round=4", "experiment.rounds=1", "rollout.max_new_tokens=16",
-         "rollout.dialogue.think_budget=8", f"experiment.run_dir={run_dir}"],
+         "rollout.num_workers=1", "learner.steps=1", "learner.batch_size=4", "learner.group_size=2",
+         "learner.cold_start.enabled=false", "rollout.max_new_tokens=16", "rollout.dialogue.think_budget=8",
+         f"experiment.run_dir={run_dir}"],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (step,) = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert step["rollout/trajectories"] == 4 and step["rollout/agent_turns"] == 12  # 3 turns each, as asked
     summary = json.loads((run_dir / "summary.json").read_text())
-    (rnd,) = summary["rounds"]
-    assert rnd["trajectories"] == 4 and rnd["agent_turns"] == 12  # 3 turns each, as the override asked
-    assert rnd["end_reasons"] == {"user_ended": 4}
+    assert summary["rollout_workers"][0]["end_reasons"].get("user_ended", 0) >= 4
     transcripts = list((run_dir / "dialogues").glob("*/transcript.txt"))
     assert transcripts and "Let us count. One." in transcripts[0].read_text()
 

@@ -164,3 +164,19 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(policy, tiny_path, s
     # The resumed run ends with the straight run's policy.
     for name, w in weights_a.items():
         torch.testing.assert_close(weights_c[name], w, atol=1e-6, rtol=0)
+
+
+def test_per_turn_group_advantages_compare_the_same_turn_across_a_group():
+    from types import SimpleNamespace
+
+    from learner.recipe import turn_group_advantages
+
+    # Rows 0-2 play scenario A (row 2 ended after one turn), row 3 plays B alone. turn_idx marks tokens.
+    turn_idx = torch.tensor([[0, 0, -1, 1, 1], [0, -1, 1, 1, -1], [0, 0, 0, -1, -1], [-1, 0, 0, -1, -1]])
+    b = SimpleNamespace(turn_idx=turn_idx, groups=["A", "A", "A", "B"],
+                        turn_rewards=[[1.0, 0.0], [0.0, 0.0], [0.5], [2.0]], dialogue_rewards=[1.0, 0.0, 0.5, 3.0])
+    adv = turn_group_advantages(b)
+    # Turn 0 in A: 1 - (0 + .5)/2 = .75, 0 - (1 + .5)/2 = -.75, .5 - (1 + 0)/2 = 0. Turn 1 in A: 0 - 0 = 0 (both).
+    # Dialogue in A: 1 - .25 = .75, 0 - .75 = -.75, .5 - .5 = 0. A group of one (B) has no baseline: 0.
+    want = torch.tensor([[1.5, 1.5, 0, 0.75, 0.75], [-1.5, 0, -0.75, -0.75, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    torch.testing.assert_close(adv, want)
