@@ -14,6 +14,7 @@ import time
 from typing import Any, Dict, List, Mapping
 
 from actors.dialogue import Dialogue
+from antiphon.affinity import pin_process
 from antiphon.dialogue import Scenario, simulator_factory
 from antiphon.generation import GenerationRequest, GenerationResult
 from antiphon.protocol import encode
@@ -28,6 +29,7 @@ class RolloutWorker:
         # Each worker samples from its own stream: the same seed in two engines gives identical samples.
         self.seed = int(rollout_cfg["seed"]) + self.index
         self.engine = None
+        pin_process(rollout_cfg.get("cpu_affinity"), "rollout.cpu_affinity")
 
     async def start(self) -> Dict[str, Any]:
         from actors.engine import RolloutEngine

@@ -29,6 +29,9 @@ class Learner:
         from antiphon.weight_sync import sender
         from learner.recipe import PPORecipe, read_checkpoint_state
 
+        from antiphon.affinity import pin_process
+
+        pin_process(learner_cfg.get("cpu_affinity"), "learner.cpu_affinity")
         self.cfg = dict(learner_cfg)
         self.run_dir = Path(run_dir)
         self.consumer = consumer

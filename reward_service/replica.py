@@ -8,6 +8,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 class RewardReplica:
     def __init__(self, transport_cfg: Dict[str, Any], reward_cfg: Dict[str, Any], name: str):
+        from antiphon.affinity import pin_process
+
+        pin_process(reward_cfg.get("cpu_affinity"), "reward.cpu_affinity")
         self.transport_cfg, self.reward_cfg, self.name = transport_cfg, reward_cfg, name
         self._stop: Optional[asyncio.Event] = None
 

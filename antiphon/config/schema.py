@@ -97,6 +97,7 @@ class RolloutConfig:
     agent_voice: Dict[str, Any] = field(default_factory=lambda: {"_target_": "simulator.voices.make_voice",
                                                                  "name": "espeak"})
     startup_timeout_s: float = 300.0
+    cpu_affinity: Optional[List[int]] = None  # pin rollout workers to these cores (see antiphon/affinity.py)
     log_level: str = "ERROR"  # vLLM's own logging inside the workers (VLLM_LOGGING_LEVEL)
     # Extra environment for the worker processes (merged over antiphon's CPU defaults).
     env: Dict[str, str] = field(default_factory=dict)
@@ -150,6 +151,7 @@ class RewardConfig:
     claim_idle_ms: int = 30000  # a message pending this long on a dead replica is taken over
     block_ms: int = 500  # how long a replica waits for new messages per read
     max_deliveries: int = 5  # a message delivered this often without an ack is dead-lettered as poison
+    cpu_affinity: Optional[List[int]] = None  # pin replicas to these cores (see antiphon/affinity.py)
 
 
 @dataclass
@@ -176,6 +178,7 @@ class LearnerConfig:
     num_cpus: float = 1.0  # Ray resources of the learner actor
     num_gpus: float = 0.0
     num_threads: int = 1  # torch intra-op threads on CPU
+    cpu_affinity: Optional[List[int]] = None  # pin the learner to these cores (see antiphon/affinity.py)
     # -- schedule ------------------------------------------------------------------------------
     mode: str = "async"  # async | sync (generate -> score -> train strictly in turn)
     steps: int = 30  # learner steps (one batch each) in the run
