@@ -170,9 +170,10 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     learner_cfg, reward_cfg = to_plain(lc), to_plain(cfg.reward)
     # Sync mode is on-policy by construction; each version needs the whole batch to finish first.
     staleness = 0 if lc.mode == "sync" else int(lc.max_staleness)
-    learner_cfg["max_staleness"] = staleness + int(lc.broadcast_every) - 1
-    admission = {"max_staleness": staleness + int(lc.broadcast_every) - 1, "batch_size": int(lc.batch_size),
-                 "group_size": int(lc.group_size)}
+    # Workers load every broadcast_every-th version only: their weights may lag that much more.
+    bound = staleness + int(lc.broadcast_every) - 1
+    learner_cfg["max_staleness"] = bound
+    admission = {"max_staleness": bound, "batch_size": int(lc.batch_size), "group_size": int(lc.group_size)}
     tb = _tensorboard(run_dir / "tb")
     metrics_path = run_dir / "metrics.jsonl"
     steps_log: List[Dict[str, Any]] = []
