@@ -331,6 +331,8 @@ def _tb_step(tb, step: int, out: Dict[str, Any]) -> None:
         tb.add_text(f"dialogue/{i}", f"reward {s['reward']:.3f}\n\n" + s["transcript"].replace("\n", "  \n"), step)
         for j, a in enumerate(s["audio"][:6]):
             wave = np.asarray(a["pcm"], dtype=np.float32) / 32767.0
+            if wave.size == 0:  # a turn voiced as silence (e.g. a reply that was only a style tag)
+                continue
             tb.add_audio(f"dialogue/{i}/turn{j}_{a['role']}", wave[None], step, sample_rate=a["sample_rate"])
     tb.flush()
 

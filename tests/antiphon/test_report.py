@@ -287,3 +287,27 @@ def test_cli_curve_and_compare_without_display(tmp_path):
     none = subprocess.run(py + ["curve", str(tmp_path / "sweep" / "2")], capture_output=True, text=True,
                           timeout=60, env=env)
     assert none.returncode == 1 and "no metrics" in none.stderr
+
+
+def test_tensorboard_step_logs_scalars_text_and_audio_and_skips_empty_clips(tmp_path):
+    """The launcher's per-step TensorBoard writer: an empty clip (a turn voiced as silence) is skipped."""
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter
+
+    from antiphon.launch import _tb_step
+
+    tb = SummaryWriter(str(tmp_path / "tb"))
+    pcm = (np.sin(np.arange(1600) / 5) * 1000).astype(np.int16)
+    out = {"metrics": {"reward/total": 1.5, "loss/policy": float("nan")}, "staleness_hist": [3, 1],
+           "samples": [{"reward": 1.0, "transcript": "user: hi\nagent: hello",
+                        "audio": [{"role": "user", "pcm": pcm, "sample_rate": 16000},
+                                  {"role": "assistant", "pcm": np.zeros(0, np.int16), "sample_rate": 16000}]}]}
+    _tb_step(tb, 1, out)
+    tb.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path / "tb"), size_guidance={"audio": 0, "scalars": 0})
+    ea.Reload()
+    assert ea.Tags()["scalars"] == ["reward/total"]  # nan is not logged
+    assert ea.Tags()["audio"] == ["dialogue/0/turn0_user"]
+    assert "staleness/tokens" in ea.Tags()["histograms"]
