@@ -11,7 +11,6 @@ on -- so no trajectory is trained twice and none is lost.
 from __future__ import annotations
 
 import collections
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -53,6 +52,7 @@ class Learner:
             self.counts.update(st.get("counts", {}))
         self._trained_set = set(self.trained)
         self._replay = bool(resume)  # first read what this consumer held but never acknowledged
+        self._replay_after = "0"
 
     # -- batches --------------------------------------------------------------------------------
     def _next_batch(self) -> List[Any]:
@@ -68,7 +68,7 @@ class Learner:
                                    f"{self.cfg['batch_timeout_s']} (are rollout workers and the reward service up?)")
             if self._replay:
                 msgs = self.reader.read_pending(self.stream, GROUP, self.consumer, need - len(got),
-                                                after=self._replay_after if hasattr(self, "_replay_after") else "0")
+                                                after=self._replay_after)
                 if not msgs:
                     self._replay = False
                     continue
@@ -175,12 +175,3 @@ def _sample(s) -> Dict[str, Any]:
             audio.append({"role": x.role, "pcm": x.audio.pcm, "sample_rate": x.audio.sample_rate})
     return {"id": t.trajectory_id, "transcript": "\n".join(lines), "audio": audio,
             "reward": float(s.rewards.total)}
-
-
-def read_latest(run_dir: str | Path) -> Optional[str]:
-    p = Path(run_dir) / "checkpoints" / "latest"
-    return str(p.parent / p.read_text().strip()) if p.exists() else None
-
-
-def load_metrics_line(d: Dict[str, Any]) -> str:
-    return json.dumps(d, sort_keys=True)
