@@ -44,7 +44,7 @@ class Batch:
         """A minibatch of rows (padding beyond its longest row is cut)."""
         idx = list(idx)
         width = int(self.model_inputs["attention_mask"][idx].sum(1).max())
-        clips, k = [], 0
+        clips = []
         per_row = self.model_inputs["clips_per_row"]
         starts = np.cumsum([0] + per_row)
         for i in idx:
