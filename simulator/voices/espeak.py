@@ -16,11 +16,22 @@ range      ``50 * energy``                 intonation range: aroused speech is m
 =========  ==============================  =====================================================
 
 Values past eSpeak's limits saturate.
+
+eSpeak carries state from one utterance to the next (the phase of its pitch flutter, its echo buffer, the
+roughness of voicing, some variants' breath noise, pitch settings left in the loaded voice), so the same text
+and settings come out a few samples different depending on what the process said before: enough to move a
+syllable count. So every call reloads its voice, and a deterministic voice (the default) speaks through a
+variant that turns flutter, echo, roughness and breath off; the same call then gives the same samples in any
+process. The variant files live in a per-process overlay of eSpeak's data folder (symlinks plus the
+variants): eSpeak reads variants only from its data folder, and the installed package is not ours to write.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
+import shutil
+import tempfile
 import threading
 from typing import List, Optional
 
@@ -51,6 +62,10 @@ _PITCH_RATIO = np.array([0.700, 0.723, 0.740, 0.762, 0.779, 0.812, 0.842, 0.880,
 # Each range step above 50 adds about this much to that ratio at any pitch (range 0 / 100: -0.12 / +0.13).
 _RATIO_PER_RANGE = 0.0026
 
+# Lines appended to a variant: later lines win in eSpeak's voice files. Each removes history from the output.
+_STEADY = "flutter 0\necho 0 0\nroughness 0\nbreath 0 0 0 0 0 0 0 0\n"
+_STEADY_PREFIX = "antiphon-steady"
+
 _LOCK = threading.Lock()  # eSpeak is not thread-safe: all use of the library goes through it
 _CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
@@ -76,14 +91,15 @@ class _Engine:
                                      ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
         lib.espeak_Synth.restype = ctypes.c_int
 
-        data_path = espeakng_loader.get_data_path()
+        self.stock_data = str(espeakng_loader.get_data_path())
+        data_path = _overlay(self.stock_data)
         sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data_path).encode(),
                                             _INITIALIZE_DONT_EXIT)
         if sample_rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed ({sample_rate}) with data path {data_path}")
         self.lib = lib
+        self.data_path = data_path
         self.sample_rate = sample_rate
-        self.voice: Optional[str] = None
         self._chunks: List[np.ndarray] = []
         # Kept on self: ctypes frees the C trampoline when the Python object goes, and eSpeak would call freed memory.
         self._callback = _CALLBACK_TYPE(self._collect)
@@ -94,12 +110,30 @@ class _Engine:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n_samples,)).copy())
         return 0  # 0: go on synthesising
 
+    def steady_name(self, name: str) -> str:
+        """The name of ``name`` spoken through a history-free variant, its variant file written if new."""
+        language, _, variant = name.partition("+")
+        steady = f"{_STEADY_PREFIX}-{variant}" if variant else _STEADY_PREFIX
+        path = os.path.join(self.data_path, "voices", "!v", steady)
+        if not os.path.exists(path):
+            if variant:
+                stock = os.path.join(self.stock_data, "voices", "!v", variant)
+                if not variant.strip() or os.sep in variant or not os.path.isfile(stock):
+                    raise ValueError(f"unknown espeak voice {name!r}")
+                with open(stock, encoding="utf-8", errors="replace") as f:
+                    body = f.read().rstrip("\n") + "\n"
+            else:
+                body = f"language variant\nname {steady}\n"
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.write(body + _STEADY)
+            os.replace(path + ".tmp", path)
+        return f"{language}+{steady}"
+
     def set_voice(self, name: str) -> None:
-        if name != self.voice:
-            if self.lib.espeak_SetVoiceByName(name.encode()) != _EE_OK:
-                self.voice = None  # eSpeak may have half-switched: set the next voice afresh
-                raise ValueError(f"unknown espeak voice {name!r} (see espeak-ng-data/voices in espeakng-loader)")
-            self.voice = name
+        # Reloaded on every utterance, even the same voice (0.1 ms): the previous utterance's pitch settings
+        # linger in the loaded voice and would shift this one.
+        if self.lib.espeak_SetVoiceByName(name.encode()) != _EE_OK:
+            raise ValueError(f"unknown espeak voice {name!r} (see espeak-ng-data/voices in espeakng-loader)")
 
     def synth(self, text: str, rate: int, pitch: int, volume: int, pitch_range: int) -> np.ndarray:
         """int16 samples at ``self.sample_rate``."""
@@ -115,6 +149,19 @@ class _Engine:
 
 
 _ENGINE: Optional[_Engine] = None
+
+
+def _overlay(stock: str) -> str:
+    """A temporary data folder that links every file of ``stock`` and has room for our own variants."""
+    root = tempfile.mkdtemp(prefix="antiphon-espeak-")
+    atexit.register(shutil.rmtree, root, True)
+    # voices/ and voices/!v are real folders (the variants go in the latter); everything else is a link.
+    for rel, keep in (("", "voices"), ("voices", "!v"), (os.path.join("voices", "!v"), None)):
+        os.makedirs(os.path.join(root, rel), exist_ok=True)
+        for name in os.listdir(os.path.join(stock, rel)):
+            if name != keep:
+                os.symlink(os.path.join(stock, rel, name), os.path.join(root, rel, name))
+    return root
 
 
 def _engine() -> _Engine:
@@ -133,10 +180,14 @@ def _pitch_param(base_pitch: float, factor: float, pitch_range: int) -> int:
 
 
 class EspeakVoice(Voice):
-    """eSpeak NG voice ``voice`` (e.g. "en-us", "en-gb", "en-us+f3"), output at ``sample_rate``."""
+    """eSpeak NG voice ``voice`` (e.g. "en-us", "en-us+f3"), output at ``sample_rate``.
+
+    ``deterministic`` (default): the same call gives the same samples whatever was spoken before (see the
+    module's docstring); False keeps eSpeak's stock voice, flutter and echo included.
+    """
 
     def __init__(self, sample_rate: int = 16000, voice: str = "en-us", base_rate_wpm: float = 175,
-                 base_pitch: float = 50):
+                 base_pitch: float = 50, deterministic: bool = True):
         self.sample_rate = check_sample_rate(sample_rate)
         if not isinstance(voice, str) or not voice:
             raise ValueError(f"voice must be a non-empty espeak voice name, got {voice!r}")
@@ -145,8 +196,17 @@ class EspeakVoice(Voice):
         self.voice = voice
         self.base_rate_wpm = float(base_rate_wpm)
         self.base_pitch = float(base_pitch)
+        if not isinstance(deterministic, bool):
+            raise ValueError(f"deterministic must be true or false, got {deterministic!r}")
+        self.deterministic = deterministic
         with _LOCK:
-            _engine().set_voice(voice)  # an unknown voice fails here, not at the first utterance
+            engine = _engine()
+            try:  # an unknown voice fails here, not at the first utterance
+                self._espeak_name = engine.steady_name(voice) if deterministic else voice
+                engine.set_voice(self._espeak_name)
+            except ValueError:
+                raise ValueError(f"unknown espeak voice {voice!r} (see espeak-ng-data/voices in espeakng-loader)"
+                                 ) from None
 
     def espeak_parameters(self, prosody: Prosody) -> dict:
         """The eSpeak rate / pitch / volume / range that voice ``prosody`` (see the module's table)."""
@@ -166,6 +226,6 @@ class EspeakVoice(Voice):
         parameters = self.espeak_parameters(prosody)
         with _LOCK:
             engine = _engine()
-            engine.set_voice(self.voice)
+            engine.set_voice(self._espeak_name)
             samples = engine.synth(text, **parameters)
         return to_output(samples.astype(np.float32) / 32768.0, engine.sample_rate, self.sample_rate)

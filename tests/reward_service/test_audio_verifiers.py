@@ -72,6 +72,8 @@ def one_exchange(voice, user_text: str, user_emotion: str, agent_text: str, agen
 # --- prosody --------------------------------------------------------------------------------------------------
 
 def test_prosody_moves_with_the_emotion(voice):
+    syllables = {"sad": 0, "excited": 0}
+    speech_s = {"sad": 0.0, "excited": 0.0}
     for text in USER_TEXTS["sad"] + USER_TEXTS["excited"] + AGENT_TEXTS:
         sad = measure_prosody(voice.synthesize(text, "sad"), SR)
         neutral = measure_prosody(voice.synthesize(text, "neutral"), SR)
@@ -85,8 +87,17 @@ def test_prosody_moves_with_the_emotion(voice):
         assert sad.intensity_db < neutral.intensity_db < excited.intensity_db, text
         assert excited.intensity_db - sad.intensity_db > 6  # 20 log10(1.4 / 0.6) = 7.4 dB
         assert sad.rate_hz < neutral.rate_hz < excited.rate_hz, text
-        assert excited.rate_hz / sad.rate_hz > 1.4  # 1.3 / 0.75
-        assert sad.syllables == pytest.approx(excited.syllables, abs=2)  # same text, same syllable count
+        # Voiced at 1.3 / 0.75 = 1.73x the words per minute. Syllable nuclei are intensity peaks split by a
+        # 2 dB dip, and fast speech has shallower dips: the detector finds up to 3 of 12 fewer nuclei in the
+        # excited reading of a line (12 -> 9 on "We are going to Japan..."), so one line's ratio can read as
+        # low as 1.33 while the pooled rate keeps to the setting.
+        assert excited.rate_hz / sad.rate_hz > 1.25, text
+        assert sad.syllables == pytest.approx(excited.syllables, abs=3)  # same text, about the same count
+        for emotion, f in (("sad", sad), ("excited", excited)):
+            syllables[emotion] += f.syllables
+            speech_s[emotion] += f.speech_s
+    pooled = (syllables["excited"] / speech_s["excited"]) / (syllables["sad"] / speech_s["sad"])
+    assert pooled > 1.5
 
 
 def test_prosody_speaking_rate_counts_syllables(voice):
