@@ -53,22 +53,92 @@ class Learner:
         self._trained_set = set(self.trained)
         self._replay = bool(resume)  # first read what this consumer held but never acknowledged
         self._replay_after = "0"
+        self._held: List[List[Any]] = []  # read, not yet trained: groups of (msg_id, scored), oldest first
+        self._open: Dict[Any, List[Any]] = {}  # group key -> its held group, while incomplete
 
     # -- batches --------------------------------------------------------------------------------
+    # Scored dialogues wait in ``self._held`` (groups in order of first arrival) until a batch takes them.
+    # With the group estimator a batch takes whole groups: every rollout then has its group_size - 1 peers
+    # as its baseline. Dialogues of one group finish at different times, so in async mode a batch of the
+    # first batch_size arrivals would split groups, and a member alone in its batch gets no baseline at all.
+    # A group still incomplete is taken anyway once it is as old as the staleness bound allows (a version
+    # later it would be dropped) or when no dialogue has arrived for learner.group_wait_s (a member that
+    # never came: its dialogue failed and its admission slot went to another group).
+
+    def _whole_groups(self) -> bool:
+        return self.cfg["estimator"] == "group" and int(self.cfg["group_size"]) > 1
+
+    def _lag(self, s) -> int:
+        t = s.trajectory
+        pv = t.versions[t.policy_mask.astype(bool)]
+        return self.version - int(pv.min())
+
+    def _hold(self, msg_id: str, s) -> None:
+        if not self._whole_groups():  # first come, first trained
+            self._held.append([(msg_id, s)])
+            return
+        key = s.trajectory.meta.get("group", s.trajectory.scenario.get("scenario_id"))
+        group = self._open.get(key)
+        if group is None:
+            group = self._open[key] = []
+            self._held.append(group)
+        group.append((msg_id, s))
+        if len(group) >= int(self.cfg["group_size"]):
+            del self._open[key]  # complete: a later dialogue with the same key starts a new group
+
+    def _drop(self, msg_id: str, reason: str) -> None:
+        # Dropped, counted, and its admission slot given back so the pipeline does not shrink.
+        self.reader.drop(self.stream, GROUP, msg_id, reason)
+        self.admission.release(1)
+        self.counts["dropped_stale" if reason == "stale" else "dropped_empty"] += 1
+
+    def _take(self, need: int, smax: int, quiet: bool) -> Optional[List[Any]]:
+        """``need`` held dialogues, or None while the held ones cannot make a batch yet."""
+        for group in self._held:  # held ones age as the learner's version moves on
+            for msg_id, s in group:
+                if self._lag(s) > smax:
+                    self._drop(msg_id, "stale")
+            group[:] = [x for x in group if self._lag(x[1]) <= smax]  # in place: _open refers to it
+        if self._whole_groups():
+            g = int(self.cfg["group_size"])
+            lag = {id(grp): max((self._lag(s) for _, s in grp), default=0) for grp in self._held}
+            ready = [grp for grp in self._held if len(grp) >= g or lag[id(grp)] >= smax or quiet]
+            ready.sort(key=lambda grp: -lag[id(grp)])  # oldest first: they are the next to go stale
+        else:
+            ready = list(self._held)
+        if sum(len(grp) for grp in ready) < need:
+            return None
+        out: List[Any] = []
+        for split in (False, True):  # groups that fit whole first; split one only to fill the batch
+            for grp in ready:
+                if grp and (split or len(grp) <= need - len(out)):
+                    took = grp[:need - len(out)]
+                    out += took
+                    del grp[:len(took)]
+        self._held = [grp for grp in self._held if grp]
+        self._open = {k: grp for k, grp in self._open.items() if grp}
+        return out
+
     def _next_batch(self) -> List[Any]:
         from antiphon.protocol import decode_scored
 
         need = int(self.cfg["batch_size"])
         smax = 0 if self.cfg["mode"] == "sync" else int(self.cfg["max_staleness"])
-        got: List[Any] = []
         deadline = time.monotonic() + float(self.cfg["batch_timeout_s"])
-        while len(got) < need:
+        last_arrival = time.monotonic()
+        while True:
+            quiet = time.monotonic() - last_arrival > float(self.cfg["group_wait_s"])
+            got = self._take(need, smax, quiet)
+            if got is not None:
+                return got
+            held = sum(len(grp) for grp in self._held)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"learner: {len(got)}/{need} scored dialogues after learner.batch_timeout_s="
+                raise TimeoutError(f"learner: {held}/{need} scored dialogues after learner.batch_timeout_s="
                                    f"{self.cfg['batch_timeout_s']} (are rollout workers and the reward service up?)")
+            # Whole groups may need more than a batch's worth in hand; otherwise read only what is missing.
+            count = need if self._whole_groups() else need - held
             if self._replay:
-                msgs = self.reader.read_pending(self.stream, GROUP, self.consumer, need - len(got),
-                                                after=self._replay_after)
+                msgs = self.reader.read_pending(self.stream, GROUP, self.consumer, count, after=self._replay_after)
                 if not msgs:
                     self._replay = False
                     continue
@@ -76,24 +146,19 @@ class Learner:
                 items = self.reader.validate(self.stream, GROUP, msgs, decode_scored)
             else:
                 items = self.reader.consume_validated(self.stream, GROUP, self.consumer, decode_scored,
-                                                      count=need - len(got), block_ms=200)
+                                                      count=count, block_ms=200)
             for msg_id, s in items:
                 t = s.trajectory
+                last_arrival = time.monotonic()
                 if t.trajectory_id in self._trained_set:
                     self.reader.ack(self.stream, GROUP, [msg_id])  # trained before a restart
                     self.counts["duplicates_skipped"] += 1
-                    continue
-                pv = t.versions[t.policy_mask.astype(bool)]
-                lag = self.version - int(pv.min()) if pv.size else 0
-                if pv.size == 0 or lag > smax:
-                    # Beyond the bound admission control enforces (or nothing to train): dropped, counted,
-                    # and its admission slot given back so the pipeline does not shrink.
-                    self.reader.drop(self.stream, GROUP, msg_id, "stale" if pv.size else "no_policy_tokens")
-                    self.admission.release(1)
-                    self.counts["dropped_stale" if pv.size else "dropped_empty"] += 1
-                    continue
-                got.append((msg_id, s))
-        return got
+                elif not t.policy_mask.any():
+                    self._drop(msg_id, "no_policy_tokens")
+                elif self._lag(s) > smax:  # beyond the bound admission control enforces
+                    self._drop(msg_id, "stale")
+                else:
+                    self._hold(msg_id, s)
 
     # -- one step -------------------------------------------------------------------------------
     def step(self, want_samples: bool = False) -> Dict[str, Any]:
@@ -120,6 +185,9 @@ class Learner:
             "rollout/trajectories": float(len(scored)),
             "rollout/agent_turns": float(sum(s.trajectory.num_agent_turns for s in scored)),
             "rollout/mean_dialogue_s": float(np.mean([s.trajectory.meta.get("wall_s", 0.0) for s in scored])),
+            # Mean over rows of (its group's rows in this batch) / group_size: 1.0 when every group is whole.
+            "rollout/group_fill": float(np.mean([batch.groups.count(k) for k in batch.groups])
+                                        / int(self.cfg["group_size"])),
             "perf/learner_wait_s": wait_s,
             "perf/step_s": time.perf_counter() - t0,
             "staleness/dropped_total": float(self.counts["dropped_stale"]),

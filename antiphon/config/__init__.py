@@ -195,6 +195,8 @@ def _check_learner(lr: DictConfig, rollout: DictConfig) -> List[str]:
              f"must divide learner.batch_size={lr.batch_size}")
     _require(errors, lr.estimator != "group" or lr.group_size >= 2, "learner.group_size", lr.group_size,
              "must be >= 2 with learner.estimator=group (a lone rollout has no baseline)")
+    for key in ("batch_timeout_s", "group_wait_s"):
+        _require(errors, lr[key] > 0, f"learner.{key}", lr[key], "must be > 0 (seconds)")
     _require(errors, 0 < lr.gamma <= 1, "learner.gamma", lr.gamma, "must be in (0, 1]")
     _require(errors, 0 <= lr.lam <= 1, "learner.lam", lr.lam, "must be in [0, 1]")
     _require(errors, 0 <= lr.clip_low < 1, "learner.clip_low", lr.clip_low, "must be in [0, 1)")

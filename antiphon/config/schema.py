@@ -216,6 +216,9 @@ class LearnerConfig:
     checkpoint_every: int = 10  # learner steps; the final step always checkpoints
     log_samples_every: int = 10  # sample dialogues (audio + transcript) to TensorBoard
     batch_timeout_s: float = 600.0  # how long the learner waits for a batch before failing the run
+    # group estimator: a batch takes whole groups; an incomplete one goes in anyway at the staleness bound,
+    # or after this long with no dialogue arriving (a member whose dialogue failed never comes)
+    group_wait_s: float = 30.0
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
 
 

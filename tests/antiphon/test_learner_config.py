@@ -18,6 +18,8 @@ from antiphon.config import ConfigError, compose
     (["learner.kl_estimator=k2"], "learner.kl_estimator='k2'"),
     (["learner.device=cpu", "learner.num_gpus=1"], "learner.num_gpus=1.0"),
     (["learner.cold_start.epochs=0"], "learner.cold_start.epochs=0"),
+    (["learner.group_wait_s=0"], "learner.group_wait_s=0"),
+    (["learner.batch_timeout_s=-1"], "learner.batch_timeout_s=-1"),
 ])
 def test_bad_learner_settings_fail_naming_key_and_value(overrides, needle):
     with pytest.raises(ConfigError) as e:
