@@ -13,7 +13,9 @@ truncated Zipf law, P(k) ~ k^-alpha for k = 1..max (alpha 1.5, max 8: ~70% 1-2 t
 
 Per run, from its ``summary.json`` / ``metrics.jsonl``: trained trajectories per minute of the training
 loop, the rollout workers' idle fraction (no dialogue in flight, waiting for admission), the learner's
-idle fraction (waiting for a batch), the mean reward/total of the last 20% of steps, the mean staleness
+idle fraction (waiting for a batch), the mean reward/total of the last 20% of steps, the reward per agent
+turn (last 20% and all steps: reward/total sums over turns, so it moves with how long the trained
+dialogues are), the mean staleness
 of trained tokens, and the speed-up over sync.
 
     .venv/bin/python benchmarks/async_vs_sync.py [--steps 10] [--batch-size 8] [--group-size 4]
@@ -24,10 +26,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import random
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -84,6 +88,15 @@ def analyse(run_dir: Path, batch_size: int) -> dict:
     reward = summ.get("learning", {}).get("reward", {}).get("reward/total", {}).get("last")
     if reward is None and tail:  # a run too short for learning_summary's first/last windows
         reward = sum(x["reward/total"] for x in tail) / len(tail)
+    # reward/total sums over a dialogue's turns, and a batch's mean turn count swings with which scenarios it
+    # holds (and async trains short dialogues first): reward per agent turn compares runs more fairly.
+    def per_turn(xs):
+        turns = sum(float(x["rollout/agent_turns"]) for x in xs)
+        return sum(x["reward/total"] * float(x["rollout/trajectories"]) for x in xs) / turns if turns else float("nan")
+
+    steps_pt = [per_turn([x]) for x in m if "rollout/agent_turns" in x]
+    se_tail = (float(statistics.stdev(steps_pt[-len(tail):])) / math.sqrt(len(tail))
+               if len(tail) > 1 and len(steps_pt) >= len(tail) else float("nan"))
     stale = [x["staleness/mean"] for x in m if "staleness/mean" in x]
     ends = {}
     for w in summ.get("rollout_workers", []):
@@ -94,6 +107,8 @@ def analyse(run_dir: Path, batch_size: int) -> dict:
             "rollout_idle": sum(summ.get("rollout_idle_s") or [0]) / (n_workers * loop_s),
             "learner_idle": float(summ["learner_wait_s"]) / loop_s, "reward_last": reward,
             "staleness": sum(stale) / len(stale) if stale else float("nan"),
+            "per_turn_last": per_turn(tail) if tail else float("nan"), "per_turn_last_se": se_tail,
+            "per_turn_all": per_turn(m) if m else float("nan"),
             "broadcast_s": sum(x.get("perf/broadcast_s", 0.0) for x in m), "end_reasons": ends}
 
 
@@ -164,13 +179,15 @@ def main() -> None:
     print(f"\n{args.steps} steps x {args.batch_size} trajectories per run; agent turns per scenario: "
           + ", ".join(f"{k}: {ks.count(k) / len(ks):.0%}" for k in sorted(set(ks))) + "\n")
     print("| run | trained trajectories/min | speed-up vs sync | rollout workers idle | learner idle "
-          "| reward/total, last 20% of steps | mean staleness | training loop (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| reward/total, last 20% of steps | reward per agent turn, last 20% (± s.e. over steps) "
+          "| reward per agent turn, all steps | mean staleness | training loop (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, r in results.items():
         sp = f"{r['traj_per_min'] / base['traj_per_min']:.2f}x" if base else "-"
         rw = f"{r['reward_last']:.3f}" if r["reward_last"] is not None else "-"
         print(f"| {label} | {r['traj_per_min']:.1f} | {sp} | {r['rollout_idle']:.0%} | {r['learner_idle']:.0%} "
-              f"| {rw} | {r['staleness']:.2f} | {r['loop_s']:.0f} |")
+              f"| {rw} | {r['per_turn_last']:.3f} ± {r['per_turn_last_se']:.3f} | {r['per_turn_all']:.3f} "
+              f"| {r['staleness']:.2f} | {r['loop_s']:.0f} |")
     print("\nDialogue end reasons: " + "; ".join(
         f"{label}: " + ", ".join(f"{k} {v}" for k, v in sorted(r["end_reasons"].items()))
         for label, r in results.items()))
