@@ -15,8 +15,7 @@ Per run, from its ``summary.json`` / ``metrics.jsonl``: trained trajectories per
 loop, the rollout workers' idle fraction (no dialogue in flight, waiting for admission), the learner's
 idle fraction (waiting for a batch), the mean reward/total of the last 20% of steps, the reward per agent
 turn (last 20% and all steps: reward/total sums over turns, so it moves with how long the trained
-dialogues are), the mean staleness
-of trained tokens, and the speed-up over sync.
+dialogues are), the mean staleness of trained tokens, and the speed-up over sync.
 
     .venv/bin/python benchmarks/async_vs_sync.py [--steps 10] [--batch-size 8] [--group-size 4]
         [--workers 2] [--max-turns 8] [--no-cold-start] [--extra KEY=VALUE ...] [--out DIR]
