@@ -224,25 +224,38 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                 return max(load), time.perf_counter() - t_b
 
             load_s, bcast_s = 0.0, 0.0
-            for step in range(int(info["version"]) + 1, int(lc.steps) + 1):
-                samples = step % int(lc.log_samples_every) == 0 or step == 1
-                step_ref = learner.step.remote(want_samples=samples)
+            first, last = int(info["version"]) + 1, int(lc.steps)
+
+            def want_samples(step: int) -> bool:
+                return step % int(lc.log_samples_every) == 0 or step == 1
+
+            # The learner actor runs its calls in order, so its next step is queued right behind this
+            # step's publish (and checkpoint): it trains while this loop waits for the workers' loads and
+            # writes logs, instead of idling through them.
+            step_ref = learner.step.remote(want_samples=want_samples(first)) if first <= last else None
+            for step in range(first, last + 1):
                 if pending is not None:
                     load_s, bcast_s = finish_broadcast()
                     pending = None
                 out = ray.get(step_ref)
                 version = out["version"]
                 out["metrics"]["perf/weight_load_s"], out["metrics"]["perf/broadcast_s"] = load_s, bcast_s
-                if version % int(lc.broadcast_every) == 0 or step == lc.steps:
-                    handle = ray.get(learner.publish_weights.remote())
+                publish = version % int(lc.broadcast_every) == 0 or step == lc.steps
+                handle_ref = learner.publish_weights.remote() if publish else None
+                ckpt_ref = (learner.save_checkpoint.remote()
+                            if step % int(lc.checkpoint_every) == 0 or step == lc.steps else None)
+                if step < last:
+                    step_ref = learner.step.remote(want_samples=want_samples(step + 1))
+                if publish:
+                    handle = ray.get(handle_ref)
                     pending = (version, [w.load_weights.remote(handle, version) for w in workers], time.perf_counter())
                     if lc.mode == "sync":
                         load_s, bcast_s = finish_broadcast()
                         pending = None
                 else:
                     admit.set_version(version)
-                if step % int(lc.checkpoint_every) == 0 or step == lc.steps:
-                    ray.get(learner.save_checkpoint.remote())
+                if ckpt_ref is not None:
+                    ray.get(ckpt_ref)
                 now = time.perf_counter()
                 m = out["metrics"]
                 m["perf/tokens_per_s"] = m["perf/policy_tokens"] / max(now - last_t, 1e-6)
