@@ -95,10 +95,13 @@ class Learner:
     def _take(self, need: int, smax: int, quiet: bool) -> Optional[List[Any]]:
         """``need`` held dialogues, or None while the held ones cannot make a batch yet."""
         for group in self._held:  # held ones age as the learner's version moves on
+            keep = []
             for msg_id, s in group:
                 if self._lag(s) > smax:
                     self._drop(msg_id, "stale")
-            group[:] = [x for x in group if self._lag(x[1]) <= smax]  # in place: _open refers to it
+                else:
+                    keep.append((msg_id, s))
+            group[:] = keep  # in place: _open refers to it
         if self._whole_groups():
             g = int(self.cfg["group_size"])
             lag = {id(grp): max((self._lag(s) for _, s in grp), default=0) for grp in self._held}

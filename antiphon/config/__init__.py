@@ -180,7 +180,8 @@ def validate(cfg: DictConfig) -> None:
 def _check_learner(lr: DictConfig, rollout: DictConfig) -> List[str]:
     errors: List[str] = []
     choices = {"mode": ("async", "sync"), "weight_sync": ("object_store", "nccl"), "algo": ("ppo", "appo"),
-               "estimator": ("gae", "group"), "group_scale": ("none", "std"), "group_credit": ("turn", "dialogue"), "reward_norm": ("none", "batch"),
+               "estimator": ("gae", "group"), "group_scale": ("none", "std"), "group_credit": ("turn", "dialogue"),
+               "reward_norm": ("none", "batch"),
                "off_policy": ("decoupled", "none"), "behav_mode": ("truncate", "mask"), "kl_estimator": ("k1", "k3"),
                "loss_agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")}
     for key, allowed in choices.items():
