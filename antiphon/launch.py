@@ -11,10 +11,7 @@ a comparison table and plot at the end.
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -22,87 +19,9 @@ from typing import Any, Dict, List
 import hydra
 from omegaconf import DictConfig
 
-from antiphon.config import ConfigError, config_dir, register, to_plain, validate
-
-log = logging.getLogger("antiphon")
-
-
-def say(msg: str) -> None:
-    print(f"[antiphon] {msg}", flush=True)
-
-
-def init_ray(cluster: DictConfig, num_cpus_needed: float) -> None:
-    import ray
-
-    if cluster.address:
-        ray.init(address=cluster.address, namespace=cluster.namespace, log_to_driver=cluster.log_to_driver)
-    else:
-        num_cpus = cluster.num_cpus or max(int(num_cpus_needed + 0.999), os.cpu_count() or 1)
-        ray.init(num_cpus=num_cpus, namespace=cluster.namespace, include_dashboard=cluster.include_dashboard,
-                 log_to_driver=cluster.log_to_driver)
-
-
-@contextlib.contextmanager
-def transport_for_run(cfg: DictConfig, run_dir: Path):
-    """The run's transport config as a plain dict with a usable ``url``: the configured server, or an
-    embedded Valkey (loopback, generated password, AOF on) that lives as long as the block. In a Hydra
-    multirun each job gets its own stream namespace (``<namespace>.job<N>``), even on a shared server."""
-    tcfg = to_plain(cfg.transport)
-    job = _multirun_job()
-    if job is not None:
-        tcfg["namespace"] = f"{tcfg['namespace']}.job{job}"
-    if tcfg.get("url"):
-        yield tcfg
-        return
-    from antiphon.transport import EmbeddedValkey
-
-    data_dir = Path(tcfg.get("data_dir") or run_dir / "valkey")
-    with EmbeddedValkey(data_dir, appendfsync=tcfg["appendfsync"]) as server:
-        say(f"embedded Valkey on {server!r}, data in {data_dir}")
-        yield dict(tcfg, url=server.url)
-
-
-def _multirun_job():
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hc = HydraConfig.get()
-    return hc.job.num if hc.mode == RunMode.MULTIRUN else None
-
-
-def validated_run_dir(cfg: DictConfig, prog: str) -> Path:
-    """Validates the composed config (exit 2 with every problem named, before anything starts) and
-    returns the run directory."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        validate(cfg)
-    except ConfigError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        sys.exit(2)
-    return Path(cfg.experiment.run_dir or HydraConfig.get().runtime.output_dir)
-
-
-def shutdown_workers(workers: List[Any]) -> None:
-    import ray
-
-    for w in workers:
-        try:
-            ray.get(w.shutdown.remote(), timeout=30)
-        except Exception:  # a dead worker has nothing left to shut down
-            pass
-    ray.shutdown()
-
-
-def load_scenarios(sim_cfg: DictConfig, seed: int):
-    from simulator.scenarios import generate_scenarios, read_jsonl
-
-    if sim_cfg.scenarios:
-        return read_jsonl(sim_cfg.scenarios)
-    return generate_scenarios(sim_cfg.num_scenarios, seed=sim_cfg.seed + seed, max_turns=sim_cfg.max_turns)
-
+from antiphon.config import config_dir, register, to_plain
+from antiphon.run_setup import (init_ray, load_scenarios, say, shutdown_workers, transport_for_run,
+                                validated_run_dir)
 
 def cold_start_policy(cfg: DictConfig, model_path: Path, scenarios) -> Path:
     """The policy RL starts from: the supervised cold start (cached), or the base model when disabled."""
@@ -124,26 +43,21 @@ def cold_start_policy(cfg: DictConfig, model_path: Path, scenarios) -> Path:
     return Path(path)
 
 
-def progress_line(step: int, steps: int, out: Dict[str, Any], tokens_per_s: float, elapsed: float) -> str:
-    m = out["metrics"]
-    parts = [f"step {step}/{steps}", f"v{out['version']}", f"reward {m['reward/total']:.3f}"]
-    for k in ("reward/user_feedback", "reward/emotional_continuity"):
-        if k in m:
-            parts.append(f"{k.split('/')[1]} {m[k]:.2f}")
-    parts += [f"kl {m.get('kl/update', float('nan')):.4f}", f"staleness {m['staleness/mean']:.2f}",
-              f"{tokens_per_s:.0f} tok/s", f"{elapsed:.0f}s"]
-    return " | ".join(parts)
-
-
 def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
-    """The main job: cold start, then rollout workers + reward service + learner, asynchronously."""
+    """The main job: cold start, then rollout workers + reward service + learner, asynchronously.
+
+    Reads top to bottom: the starting policy, the roles (transport, Ray, workers, reward replicas,
+    learner), the training loop (``antiphon.driver``), an orderly stop, the summary."""
     import ray
     import transformers
 
     from actors import broadcast_weights, launch_workers
+    from antiphon.driver import TrainingDriver
+    from antiphon.metrics import MetricsSink
     from antiphon.model.tiny import resolve_model_path
-    from antiphon.report import learning_curve_png, learning_summary
+    from antiphon.summary import write_summary
     from antiphon.transport import Admission, from_config
+    from learner.recipe import read_checkpoint_state
     from learner.actor import Learner
     from reward_service.replica import launch_replicas, stop_replicas
 
@@ -153,11 +67,11 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     lc = cfg.learner
     if not cfg.reward.components:
         raise SystemExit("antiphon: reward.components is empty; the learner needs rewards (reward=default)")
+
+    # -- the policy RL starts from ---------------------------------------------------------------------
     scenarios = load_scenarios(cfg.simulator, cfg.experiment.seed)
     resume = cfg.resume
     if resume:
-        from learner.recipe import read_checkpoint_state
-
         state = read_checkpoint_state(resume)
         policy_path, reference_path, version0 = Path(resume) / "policy", state["reference_path"], state["version"]
         say(f"resuming from {resume} at weight version {version0}")
@@ -174,9 +88,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     bound = staleness + int(lc.broadcast_every) - 1
     learner_cfg["max_staleness"] = bound
     admission = {"max_staleness": bound, "batch_size": int(lc.batch_size), "group_size": int(lc.group_size)}
-    tb = _tensorboard(run_dir / "tb")
-    metrics_path = run_dir / "metrics.jsonl"
-    steps_log: List[Dict[str, Any]] = []
+    sink = MetricsSink(run_dir)
+
+    # -- the roles -------------------------------------------------------------------------------------
     with transport_for_run(cfg, run_dir) as tcfg:
         reader = from_config(tcfg)
         Admission(reader).reset(version=version0, admitted=0)
@@ -187,7 +101,6 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         replica_runs: List[Any] = []
         streams: List[Any] = []
         learner = None
-        worker_stats: List[Dict[str, Any]] = []
         try:
             t0 = time.perf_counter()
             workers = launch_workers(str(policy_path), rollout_cfg, model_cfg)
@@ -210,66 +123,14 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                 broadcast_weights(workers, ray.get(learner.publish_weights.remote()), version0)
             scen = [x.to_dict() for x in scenarios]
             streams = [w.run_stream.remote(scen, sim_cfg, cfg.experiment.name, tcfg, admission) for w in workers]
-            last_t, t_loop = time.perf_counter(), time.perf_counter()
-            # Async: version v's weights load into the workers while the learner already trains on the
-            # next batch; admission opens for v only once every worker has them, so a dialogue admitted
-            # under v never starts on older weights. Sync: each step waits for its broadcast.
-            admit = Admission(reader)
-            pending = None  # (version, load refs, start time)
 
-            def finish_broadcast():
-                v, refs, t_b = pending
-                load = ray.get(refs)
-                admit.set_version(v)
-                return max(load), time.perf_counter() - t_b
-
-            load_s, bcast_s = 0.0, 0.0
-            first, last = int(info["version"]) + 1, int(lc.steps)
-
-            def want_samples(step: int) -> bool:
-                return step % int(lc.log_samples_every) == 0 or step == 1
-
-            # The learner actor runs its calls in order, so its next step is queued right behind this
-            # step's publish (and checkpoint): it trains while this loop waits for the workers' loads and
-            # writes logs, instead of idling through them.
-            step_ref = learner.step.remote(want_samples=want_samples(first)) if first <= last else None
-            for step in range(first, last + 1):
-                if pending is not None:
-                    load_s, bcast_s = finish_broadcast()
-                    pending = None
-                out = ray.get(step_ref)
-                version = out["version"]
-                out["metrics"]["perf/weight_load_s"], out["metrics"]["perf/broadcast_s"] = load_s, bcast_s
-                publish = version % int(lc.broadcast_every) == 0 or step == lc.steps
-                handle_ref = learner.publish_weights.remote() if publish else None
-                ckpt_ref = (learner.save_checkpoint.remote()
-                            if step % int(lc.checkpoint_every) == 0 or step == lc.steps else None)
-                if step < last:
-                    step_ref = learner.step.remote(want_samples=want_samples(step + 1))
-                if publish:
-                    handle = ray.get(handle_ref)
-                    pending = (version, [w.load_weights.remote(handle, version) for w in workers], time.perf_counter())
-                    if lc.mode == "sync":
-                        load_s, bcast_s = finish_broadcast()
-                        pending = None
-                else:
-                    admit.set_version(version)
-                if ckpt_ref is not None:
-                    ray.get(ckpt_ref)
-                now = time.perf_counter()
-                m = out["metrics"]
-                m["perf/tokens_per_s"] = m["perf/policy_tokens"] / max(now - last_t, 1e-6)
-                m["time_s"] = now - t_start
-                last_t = now
-                line = {"step": step, "version": version, "time_s": m.pop("time_s"), **m}
-                steps_log.append(line)
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(line) + "\n")
-                _tb_step(tb, step, out)
-                say(progress_line(step, int(lc.steps), out, m["perf/tokens_per_s"], now - t_start))
-            if pending is not None:
-                finish_broadcast()
+            # -- training --------------------------------------------------------------------------------
+            t_loop = time.perf_counter()
+            driver = TrainingDriver(learner, workers, Admission(reader), lc, sink, say, t_start)
+            steps_log = driver.run(first=int(info["version"]) + 1)
             loop_s = time.perf_counter() - t_loop
+
+            # -- an orderly stop -------------------------------------------------------------------------
             for w in workers:
                 w.stop_stream.remote()
             worker_stats = ray.get(streams, timeout=120)
@@ -278,7 +139,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             counters: Dict[str, Any] = dict(reader.counters())
             counters["reward_replicas"] = stop_replicas(replicas, replica_runs)
             replicas = []
-            trajs = _last_dialogues(reader, 4)
+            last_dialogues = _last_dialogues(reader, 4)
         finally:
             if learner is not None:
                 with contextlib.suppress(Exception):
@@ -293,61 +154,11 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                     stop_replicas(replicas, replica_runs)
             shutdown_workers(workers)
             reader.close()
-    if tb is not None:
-        tb.close()
+            sink.close()
 
-    from antiphon.listen import write_dialogues
-
-    listen_dir = write_dialogues(trajs, run_dir / "dialogues", None)
-    curve = learning_curve_png(steps_log, run_dir / "learning_curve.png", run_name=cfg.experiment.name)
-    idle = [w.get("idle_ms", 0) / 1000 for w in worker_stats]
-    summary = {
-        "what_ran": f"{'sync' if lc.mode == 'sync' else 'async'} PPO on spoken multi-turn dialogues: "
-                    f"{cfg.rollout.num_workers} vLLM rollout workers talking with simulated, voiced users, "
-                    f"{cfg.reward.replicas} reward service replica(s), one learner; weights broadcast every "
-                    f"{lc.broadcast_every} step(s)",
-        "learning": learning_summary(steps_log),
-        "steps": len(steps_log), "mode": lc.mode, "max_staleness": staleness,
-        "cold_start": str(reference_path), "checkpoint": learner_info["last_checkpoint"],
-        "learner": learner_info, "rollout_workers": worker_stats,
-        "rollout_idle_s": idle, "learner_wait_s": float(sum(x["perf/learner_wait_s"] for x in steps_log)),
-        "loop_s": round(loop_s, 1), "transport_counters": counters,
-        "listen": str(listen_dir), "learning_curve": str(curve), "tensorboard": str(run_dir / "tb"),
-        "wall_s": round(time.perf_counter() - t_start, 1), "run_dir": str(run_dir),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary
-
-
-def _tensorboard(path: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a runtime dependency; a trimmed install still trains
-        log.warning("tensorboard not installed: no TensorBoard logs")
-        return None
-    return SummaryWriter(str(path))
-
-
-def _tb_step(tb, step: int, out: Dict[str, Any]) -> None:
-    if tb is None:
-        return
-    import numpy as np
-
-    for k, v in out["metrics"].items():
-        if isinstance(v, (int, float)) and v == v:
-            tb.add_scalar(k, v, step)
-    hist = out.get("staleness_hist") or [0]
-    values = np.repeat(np.arange(len(hist)), hist)
-    if values.size:
-        tb.add_histogram("staleness/tokens", values, step)
-    for i, s in enumerate(out.get("samples", [])):
-        tb.add_text(f"dialogue/{i}", f"reward {s['reward']:.3f}\n\n" + s["transcript"].replace("\n", "  \n"), step)
-        for j, a in enumerate(s["audio"][:6]):
-            wave = np.asarray(a["pcm"], dtype=np.float32) / 32767.0
-            if wave.size == 0:  # a turn voiced as silence (e.g. a reply that was only a style tag)
-                continue
-            tb.add_audio(f"dialogue/{i}/turn{j}_{a['role']}", wave[None], step, sample_rate=a["sample_rate"])
-    tb.flush()
+    return write_summary(run_dir, cfg, steps_log=steps_log, staleness=staleness, reference_path=str(reference_path),
+                         learner_info=learner_info, worker_stats=worker_stats, counters=counters,
+                         last_dialogues=last_dialogues, loop_s=loop_s, wall_s=time.perf_counter() - t_start)
 
 
 def _last_dialogues(reader, n: int):

@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from antiphon.config import config_dir, register, to_plain
-from antiphon.launch import init_ray, load_scenarios, say, shutdown_workers, transport_for_run, validated_run_dir
+from antiphon.run_setup import init_ray, load_scenarios, say, shutdown_workers, transport_for_run, validated_run_dir
 
 
 def rollout(cfg: DictConfig, run_dir: Path) -> dict:

@@ -294,7 +294,7 @@ def test_tensorboard_step_logs_scalars_text_and_audio_and_skips_empty_clips(tmp_
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
 
-    from antiphon.launch import _tb_step
+    from antiphon.metrics import tensorboard_step
 
     tb = SummaryWriter(str(tmp_path / "tb"))
     pcm = (np.sin(np.arange(1600) / 5) * 1000).astype(np.int16)
@@ -302,7 +302,7 @@ def test_tensorboard_step_logs_scalars_text_and_audio_and_skips_empty_clips(tmp_
            "samples": [{"reward": 1.0, "transcript": "user: hi\nagent: hello",
                         "audio": [{"role": "user", "pcm": pcm, "sample_rate": 16000},
                                   {"role": "assistant", "pcm": np.zeros(0, np.int16), "sample_rate": 16000}]}]}
-    _tb_step(tb, 1, out)
+    tensorboard_step(tb, 1, out)
     tb.close()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
