@@ -15,7 +15,7 @@ def write_summary(run_dir: Path, cfg: DictConfig, *, steps_log: List[Dict[str, A
                   reference_path: str, learner_info: Dict[str, Any], worker_stats: List[Dict[str, Any]],
                   counters: Dict[str, Any], last_dialogues: Sequence[Any], loop_s: float,
                   wall_s: float) -> Dict[str, Any]:
-    from antiphon.listen import write_dialogues
+    from antiphon.dialogue_files import write_dialogues
 
     lc = cfg.learner
     mode = str(getattr(lc.mode, "value", lc.mode))
