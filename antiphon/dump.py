@@ -13,7 +13,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from antiphon.listen import write_dialogue
+from antiphon.dialogue_files import write_dialogue
 from antiphon.protocol import ProtocolError, decode
 
 

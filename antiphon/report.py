@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import re
 import sys
@@ -33,6 +32,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from antiphon.jsonl import read_jsonl
 
 PathLike = Union[str, Path]
 METRICS_FILE = "metrics.jsonl"
@@ -60,22 +61,9 @@ def read_metrics(path_or_run_dir: PathLike) -> List[Dict[str, Any]]:
     """
     path = metrics_path(path_or_run_dir)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        return [rec for _, rec in read_jsonl(path, skip_truncated_last=True)]
     except FileNotFoundError:
         return []
-    lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip()]
-    out: List[Dict[str, Any]] = []
-    for n, (lineno, line) in enumerate(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if n == len(lines) - 1:
-                break  # truncated last line
-            raise ValueError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-        out.append(rec)
-    return out
 
 
 def _by_step(metrics: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
-import json
 import os
 import threading
 import wave
@@ -29,6 +28,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from antiphon.dialogue import AgentTurn, Question, Scenario, UserSimulator, UserTurn
+from antiphon.jsonl import read_jsonl, write_jsonl
+from antiphon.wav import read_wav, wav_header, write_wav
 
 _TOP_KEYS = {"dialogue_id", "scenario", "turns", "meta"}
 _TURN_KEYS = {"text", "audio", "emotion", "feedback"}
@@ -82,29 +83,11 @@ def stable_index(seed: int, key: str, n: int) -> int:
 
 # ---------------------------------------------------------------------------------------------- loading
 
-def _fail(path: Path, line: int, fld: str, why: str) -> ManifestError:
+def _fail(path: str | os.PathLike, line: int, fld: str, why: str) -> ManifestError:
     return ManifestError(f"{path}:{line}: {fld}: {why}")
 
 
-def _wav_header(wav_path: Path) -> Tuple[int, int]:
-    """(sample rate, frames) of a PCM16 mono wav; ValueError saying what is wrong."""
-    if not wav_path.is_file():
-        raise ValueError(f"file not found: {wav_path}")
-    try:
-        with wave.open(str(wav_path), "rb") as w:
-            ch, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
-    except (wave.Error, EOFError) as e:
-        raise ValueError(f"{wav_path}: not a PCM wav ({e})") from None
-    if ch != 1 or width != 2:
-        raise ValueError(f"{wav_path}: expected PCM16 mono, got {ch} channel(s) of {8 * width} bit")
-    if frames == 0:
-        raise ValueError(f"{wav_path}: no audio frames")
-    return rate, frames
-
-
-def _parse_line(path: Path, line: int, d: Any) -> Recording:
-    if not isinstance(d, dict):
-        raise _fail(path, line, "<line>", f"expected a JSON object, got {type(d).__name__}")
+def _parse_line(path: Path, line: int, d: Dict[str, Any]) -> Recording:
     unknown = sorted(set(d) - _TOP_KEYS)
     if unknown:
         raise _fail(path, line, unknown[0], f"unknown field (expected {sorted(_TOP_KEYS)})")
@@ -148,7 +131,7 @@ def _parse_line(path: Path, line: int, d: Any) -> Recording:
             raise _fail(path, line, f"{f}.audio", f"must be relative to the manifest's folder, got {t['audio']!r}")
         wav_path = (path.parent / wav_path).resolve()
         try:
-            rate, frames = _wav_header(wav_path)
+            rate, frames = wav_header(wav_path)
         except ValueError as e:
             raise _fail(path, line, f"{f}.audio", str(e)) from None
         out.append(RecordedTurn(t["text"], wav_path, emotion, None if fb is None else float(fb), rate, frames))
@@ -184,59 +167,16 @@ def parse_manifest(path: str | os.PathLike, sample_rate: int = 16000) -> Manifes
         raise ManifestError(f"{p}: replay manifest not found")
     recordings: List[Recording] = []
     by_id: Dict[str, int] = {}
-    with open(p, encoding="utf-8") as f:
-        for line, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                d = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise _fail(p, line, "<json>", f"not valid JSON ({e.msg} at column {e.colno})") from None
-            rec = _parse_line(p, line, d)
-            if rec.dialogue_id in by_id:
-                first = recordings[by_id[rec.dialogue_id]].line
-                raise _fail(p, line, "dialogue_id", f"{rec.dialogue_id!r} repeats line {first}")
-            by_id[rec.dialogue_id] = len(recordings)
-            recordings.append(rec)
+    for line, d in read_jsonl(p, error=_fail):
+        rec = _parse_line(p, line, d)
+        if rec.dialogue_id in by_id:
+            first = recordings[by_id[rec.dialogue_id]].line
+            raise _fail(p, line, "dialogue_id", f"{rec.dialogue_id!r} repeats line {first}")
+        by_id[rec.dialogue_id] = len(recordings)
+        recordings.append(rec)
     if not recordings:
         raise ManifestError(f"{p}: the manifest holds no dialogues")
     return Manifest(p, int(sample_rate), recordings, by_id)
-
-
-def read_wav(path: str | os.PathLike, sample_rate: Optional[int] = None) -> np.ndarray:
-    """A PCM16 mono wav as float32 in [-1, 1], resampled to ``sample_rate`` when given and different."""
-    with wave.open(str(path), "rb") as w:
-        if w.getnchannels() != 1 or w.getsampwidth() != 2:
-            raise ValueError(f"{path}: expected PCM16 mono")
-        rate = w.getframerate()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    # /32767 and clipped, as antiphon.protocol.AudioClip: the policy hears the file's samples exactly.
-    audio = np.clip(pcm.astype(np.float32) / 32767.0, -1.0, 1.0)
-    if sample_rate is not None and int(sample_rate) != rate:
-        audio = resample(audio, rate, int(sample_rate))
-    return audio
-
-
-def resample(audio: np.ndarray, orig: int, new: int) -> np.ndarray:
-    """Band-limited resampling (torchaudio, imported here so that importing this module stays light)."""
-    import torch
-    from torchaudio.functional import resample as ta_resample
-
-    out = ta_resample(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), int(orig), int(new))
-    return np.clip(out.numpy(), -1.0, 1.0).astype(np.float32)  # the filter may overshoot a full-scale input
-
-
-def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> Path:
-    """float audio in [-1, 1] as a PCM16 mono wav."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    pcm = np.round(np.clip(np.asarray(audio, np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
-    with wave.open(str(p), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(int(sample_rate))
-        w.writeframes(pcm.tobytes())
-    return p
 
 
 # One parsed manifest per (file, version, sample rate) and process: a simulator is made per dialogue.
@@ -343,7 +283,7 @@ def make_example(out_dir: str | os.PathLike, n: int = 4, seed: int = 0, turns: i
     (``s<seed>-<i>``), so a run generating scenarios from the same seed replays recording i for scenario i.
     Feedback is left null (no agent was recorded).
     """
-    from simulator.scenarios import generate_scenarios, write_jsonl
+    from simulator.scenarios import generate_scenarios, write_jsonl as write_scenarios
     from simulator.scripted import _OPENERS
     from simulator.voices import make_voice
 
@@ -374,11 +314,8 @@ def make_example(out_dir: str | os.PathLike, n: int = 4, seed: int = 0, turns: i
                       meta=dict(s.meta))
         scenarios.append(sc)
         lines.append({"dialogue_id": did, "scenario": sc.to_dict(), "turns": recorded})
-    manifest = out / "manifest.jsonl"
-    with open(manifest, "w", encoding="utf-8") as f:
-        for d in lines:
-            f.write(json.dumps(d) + "\n")
-    write_jsonl(scenarios, out / "scenarios.jsonl")
+    manifest = write_jsonl(lines, out / "manifest.jsonl")
+    write_scenarios(scenarios, out / "scenarios.jsonl")
     return manifest
 
 
@@ -390,9 +327,9 @@ def check(manifest: str | os.PathLike, sample_rate: int = 16000, scenarios_out: 
         seconds += sum(len(a) for a in recording_audio(m, r)) / sample_rate
     turns = sum(len(r.turns) for r in m.recordings)
     if scenarios_out:
-        from simulator.scenarios import write_jsonl
+        from simulator.scenarios import write_jsonl as write_scenarios
 
-        write_jsonl(scenarios_of(m), scenarios_out)
+        write_scenarios(scenarios_of(m), scenarios_out)
     return (f"{m.path}: {len(m.recordings)} dialogues, {turns} user turns, {seconds:.1f} s of audio "
             f"at {sample_rate} Hz" + (f"; scenarios in {scenarios_out}" if scenarios_out else ""))
 

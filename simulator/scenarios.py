@@ -5,11 +5,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 from typing import Iterable, List
 
+from antiphon import jsonl
 from antiphon.dialogue import Question, Scenario
 
 PERSONAS = [
@@ -64,24 +64,19 @@ def generate_scenarios(n: int, seed: int = 0, max_turns: int = 3, question_rate:
 
 
 def write_jsonl(scenarios: Iterable[Scenario], path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "w") as f:
-        for s in scenarios:
-            f.write(json.dumps(s.to_dict()) + "\n")
-    return p
+    """A scenario set as JSONL, one ``Scenario.to_dict()`` per line."""
+    return jsonl.write_jsonl((s.to_dict() for s in scenarios), path)
 
 
 def read_jsonl(path: str | Path) -> List[Scenario]:
+    """A scenario set written by :func:`write_jsonl`; JsonlError naming ``file:line`` on a bad line."""
     out = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(Scenario.from_dict(json.loads(line)))
-            except (KeyError, ValueError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: not a scenario ({type(e).__name__}: {e})") from None
+    for lineno, d in jsonl.read_jsonl(path):
+        try:
+            out.append(Scenario.from_dict(d))
+        except (KeyError, ValueError, TypeError) as e:
+            raise jsonl.JsonlError(str(path), lineno, jsonl.RECORD,
+                                   f"not a scenario ({type(e).__name__}: {e})") from None
     return out
 
 

@@ -18,7 +18,6 @@ human preference data, good for tests and smoke runs, not a substitute for real 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from antiphon.dialogue import EMOTIONS, STYLE_TAGS
+from antiphon.jsonl import JsonlError, read_jsonl, write_jsonl
 from antiphon.style import parse_style
 
 ROLES = ("user", "agent")
@@ -36,12 +36,8 @@ _KEYS = {"context", "chosen", "rejected", "rubric", "synthetic", "source", "meta
 _REQUIRED = ("context", "chosen", "rejected", "rubric", "synthetic", "source")
 
 
-class PairsFormatError(ValueError):
+class PairsFormatError(JsonlError):
     """A preference-pairs record that cannot be used; ``file``, ``line`` and ``field`` say where."""
-
-    def __init__(self, file: str, line: int, field_name: str, why: str):
-        super().__init__(f"{file}:{line}: {field_name}: {why}")
-        self.file, self.line, self.field = file, line, field_name
 
 
 @dataclass
@@ -180,28 +176,14 @@ def parse_pair(obj: Any, file: str = "<pairs>", line: int = 0) -> PreferencePair
 def load_pairs(path: Union[str, os.PathLike]) -> List[PreferencePair]:
     """Every pair in a JSONL file (blank lines skipped); PairsFormatError names file:line/field on the first bad one."""
     p = str(path)
-    pairs = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PairsFormatError(p, n, "record", f"not JSON ({e.msg} at column {e.colno})") from None
-            pairs.append(parse_pair(obj, p, n))
+    pairs = [parse_pair(obj, p, n) for n, obj in read_jsonl(p, error=PairsFormatError)]
     if not pairs:
         raise PairsFormatError(p, 0, "file", "no pairs")
     return pairs
 
 
 def dump_pairs(pairs: Iterable[PreferencePair], path: Union[str, os.PathLike]) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "w", encoding="utf-8") as f:
-        for pair in pairs:
-            f.write(json.dumps(pair.to_dict(), ensure_ascii=False) + "\n")
-    return p
+    return write_jsonl((pair.to_dict() for pair in pairs), path)
 
 
 # -- SYNTHETIC pairs from explicit rubric rules ------------------------------------------------------

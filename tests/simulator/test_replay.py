@@ -18,8 +18,9 @@ from antiphon.dialogue import Scenario, UserTurn
 from antiphon.generation import GenerationResult
 from antiphon.model.chat import ChatFormat
 from antiphon.protocol import AudioClip
+from antiphon.wav import read_wav, write_wav
 from simulator.replay import (ManifestError, ReplaySimulator, check, load_manifest, main, make_example,
-                              parse_manifest, read_wav, stable_index, write_wav)
+                              parse_manifest, stable_index)
 from simulator.scenarios import read_jsonl
 from support import ScriptedEngine
 
@@ -209,7 +210,8 @@ def _bad(d, **turn1):
 
 
 @pytest.mark.parametrize("line2, field, why", [
-    ('{"dialogue_id": "x", "turns": [', "<json>", "not valid JSON"),
+    ('{"dialogue_id": "x", "turns": [', "record", "not JSON"),
+    ('["x"]', "record", "expected a JSON object"),
     (json.dumps({"turns": GOOD["turns"]}), "dialogue_id", "missing"),
     (json.dumps({"dialogue_id": "x"}), "turns", "missing"),
     (json.dumps({"dialogue_id": "x", "turns": GOOD["turns"][:1]}), "turns", "at least 2"),
