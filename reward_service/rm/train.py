@@ -6,7 +6,7 @@
 A seeded shuffle holds out ``--heldout`` of the pairs (default 20%); the held-out pairwise accuracy
 (fraction of pairs with r_chosen > r_rejected, overall and per rubric label) is printed and written with the
 checkpoint (``train_report.json``). CPU, fp32, seeded; one torch thread unless ``--threads`` says otherwise
-(STACK-NOTES: default OpenMP threading is erratic on 2 cores).
+(docs/cpu-stack.md: default OpenMP threading is erratic on 2 cores).
 
 Speed: ``--freeze-layers K`` freezes the embeddings and the K lowest transformer blocks (default 4 of
 MiniLM's 6); gradients then stop above them, so a step costs a forward plus the backward of the top blocks.

@@ -7,6 +7,8 @@ sub-folder that holds Python files), except the folders that are run in place an
 """
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,17 +21,23 @@ NOT_INSTALLED = {"tests", "benchmarks"}
 INSTALLED_AS = {"configs": "antiphon/configs"}
 
 
+def _skipped(name: str) -> bool:
+    """Hidden folders (.venv, .git), build output and caches: not source."""
+    return name.startswith(".") or name in {"build", "dist", "runs", "__pycache__"} or name.endswith(".egg-info")
+
+
+def _source_files() -> list[Path]:
+    files = []
+    for root, dirs, names in os.walk(REPO):
+        dirs[:] = [d for d in dirs if not _skipped(d)]
+        files += [Path(root, n).relative_to(REPO) for n in names]
+    return files
+
+
 def _python_dirs() -> list[Path]:
-    """Every folder under the repo holding .py files, outside hidden folders, build output and NOT_INSTALLED."""
-    dirs = set()
-    for py in REPO.rglob("*.py"):
-        rel = py.parent.relative_to(REPO)
-        if not rel.parts or rel.parts[0] in NOT_INSTALLED:
-            continue
-        if any(p.startswith(".") or p in {"build", "dist"} or p.endswith(".egg-info") for p in rel.parts):
-            continue
-        dirs.add(rel)
-    return sorted(dirs)
+    """Every folder under the repo holding .py files, except the NOT_INSTALLED ones."""
+    dirs = {f.parent for f in _source_files() if f.suffix == ".py"}
+    return sorted(d for d in dirs if d.parts and d.parts[0] not in NOT_INSTALLED)
 
 
 def _wheel_path(rel: Path) -> str:
@@ -45,7 +53,13 @@ def test_every_folder_of_python_files_is_a_regular_package():
 
 
 def test_wheel_has_every_package_and_config_and_builds_without_warnings(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+    # Built from a copy of the source: setuptools builds in place (build/), where files of an earlier build
+    # would end up in the wheel, and the checkout is left as it was.
+    src = tmp_path / "src"
+    for f in _source_files():
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, src / f)
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                           "--disable-pip-version-check", "-w", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -322,7 +322,7 @@ def test_dnsmos_ranks_speech_above_noise(voice):
         assert s.details["windows"] == 1 and s.details["fit"] == "tiled"
         msgpack.packb(s.details)
     clean_a, clean_b, noisy_s, noise_s, resampled = scores
-    assert noise_s.details["ovrl_mos"] < 1.5  # STACK-NOTES: white noise 1.11
+    assert noise_s.details["ovrl_mos"] < 1.5  # docs/cpu-stack.md: white noise 1.1
     assert min(clean_a.details["ovrl_mos"], clean_b.details["ovrl_mos"], resampled.details["ovrl_mos"]) > 2.0
     assert min(clean_a.value, clean_b.value, resampled.value) > noisy_s.value > noise_s.value
     # A long reply is cropped to windows (here up to 2).

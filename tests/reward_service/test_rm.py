@@ -27,7 +27,7 @@ from reward_service.rm.train import TrainConfig, pairwise_accuracy, train  # noq
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # STACK-NOTES: default threading is erratic on 2 cores
+    torch.set_num_threads(1)  # docs/cpu-stack.md: default threading is erratic on 2 cores
     yield
     torch.set_num_threads(before)
 
