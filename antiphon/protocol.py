@@ -140,8 +140,8 @@ def _clip_in(m: Any, where: str) -> Optional[AudioClip]:
     return AudioClip(np.frombuffer(pcm, dtype="<i2").astype(np.int16), sr)
 
 
-def decode(data: bytes) -> Trajectory:
-    """Parses and validates one message; raises ProtocolError (naming the field) on anything off."""
+def _envelope(data: bytes, version: int, what: str) -> Dict[str, Any]:
+    """The message's top-level map, once its size, msgpack encoding and ``v`` (== ``version``) are checked."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise ProtocolError("message", f"{len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
@@ -150,9 +150,14 @@ def decode(data: bytes) -> Trajectory:
         raise ProtocolError("message", f"not msgpack ({type(e).__name__}: {e})") from None
     if not isinstance(m, dict):
         raise ProtocolError("message", f"expected a map, got {type(m).__name__}")
-    version = m.get("v")
-    if version != SCHEMA_VERSION:
-        raise ProtocolError("v", f"schema version {version!r}, this build reads {SCHEMA_VERSION}")
+    if m.get("v") != version:
+        raise ProtocolError("v", f"{what} version {m.get('v')!r}, this build reads {version}")
+    return m
+
+
+def decode(data: bytes) -> Trajectory:
+    """Parses and validates one message; raises ProtocolError (naming the field) on anything off."""
+    m = _envelope(data, SCHEMA_VERSION, "schema")
     arrays = {}
     for k, dt in _ARRAYS.items():
         raw = _need(m, k, bytes, "")
@@ -251,16 +256,8 @@ def encode_scored(s: ScoredTrajectory) -> bytes:
 
 
 def decode_scored(data: bytes) -> ScoredTrajectory:
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("message", f"{len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    try:
-        m = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as e:
-        raise ProtocolError("message", f"not msgpack ({type(e).__name__}: {e})") from None
-    if not isinstance(m, dict):
-        raise ProtocolError("message", f"expected a map, got {type(m).__name__}")
-    if m.get("v") != SCORED_SCHEMA_VERSION:
-        raise ProtocolError("v", f"scored schema version {m.get('v')!r}, this build reads {SCORED_SCHEMA_VERSION}")
+    """Parses and validates a scored message (its trajectory included); ProtocolError naming the field."""
+    m = _envelope(data, SCORED_SCHEMA_VERSION, "scored schema")
     traj = decode(_need(m, "trajectory", bytes, ""))
     r = _need(m, "rewards", dict, "")
     turn = _need(r, "turn", list, "rewards.")

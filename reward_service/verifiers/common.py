@@ -7,7 +7,6 @@ normalisation and adds 0 for them.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Sequence
 
 from antiphon.protocol import Trajectory
@@ -18,15 +17,6 @@ NOT_APPLICABLE = 0.0
 
 def not_applicable(**details: Any) -> Score:
     return Score(NOT_APPLICABLE, {"applicable": False, **details})
-
-
-def check_number(owner: str, arg: str, value: Any, low: float, high: float = math.inf) -> float:
-    """``value`` as a float if it is a finite number in [low, high]; ValueError naming ``owner``'s ``arg``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
-        bounds = f"in [{low}, {high}]" if high < math.inf else f">= {low}"
-        raise ValueError(f"{owner}: {arg}={value!r} must be a finite number {bounds}")
-    return float(value)
 
 
 def load_tokenizer(path: str, owner: str):

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+from antiphon.checks import check_number
 from antiphon.protocol import Trajectory
 from reward_service.component import RewardComponent, Score, agent_turns
-from reward_service.verifiers.common import check_number, load_tokenizer
+from reward_service.verifiers.common import load_tokenizer
 
 UNITS = ("words", "tokens")
 
@@ -33,8 +34,8 @@ class Verbosity(RewardComponent):
         if unit == "words" and tokenizer_path is not None:
             raise ValueError(f"{owner}: tokenizer_path={tokenizer_path!r} is used only with unit='tokens'")
         self.target, self.unit = target, unit
-        self.slope = check_number(owner, "slope", slope, 0.0)
-        self.cap = check_number(owner, "cap", cap, 0.0)
+        self.slope = check_number(f"{owner}: slope", slope, 0.0)
+        self.cap = check_number(f"{owner}: cap", cap, 0.0)
         self.tokenizer = load_tokenizer(tokenizer_path, owner) if unit == "tokens" else None
 
     def _length(self, text: str) -> int:

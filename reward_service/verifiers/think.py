@@ -11,11 +11,12 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from antiphon.checks import check_number
 from antiphon.model.tokens import END_THINK, IM_END, THINK
 from antiphon.protocol import Trajectory, TurnRecord
 from reward_service.component import RewardComponent, Score, agent_turns
 from reward_service.verifiers.answers import contains_answer
-from reward_service.verifiers.common import check_number, load_tokenizer, questions_per_agent_turn, token_ids
+from reward_service.verifiers.common import load_tokenizer, questions_per_agent_turn, token_ids
 
 RULES = ("empty_reasoning", "unclosed", "over_budget", "stray_marker", "empty_reply")
 
@@ -60,7 +61,7 @@ class ThinkFormat(RewardComponent):
         given = {"empty_reasoning": empty_reasoning_penalty, "unclosed": unclosed_penalty,
                  "over_budget": over_budget_penalty, "stray_marker": stray_marker_penalty,
                  "empty_reply": empty_reply_penalty}
-        self.penalties: Dict[str, float] = {r: check_number(owner, f"{r}_penalty", given[r], 0.0, 1.0) for r in RULES}
+        self.penalties: Dict[str, float] = {r: check_number(f"{owner}: {r}_penalty", given[r], 0.0, 1.0) for r in RULES}
         self.marker_ids: Optional[Tuple[int, int, int]] = None  # <think>, </think>, <|im_end|>
         if tokenizer_path is not None:
             tok = load_tokenizer(tokenizer_path, owner)

@@ -1,7 +1,6 @@
 """What every voice here shares: argument checks, emotion -> prosody, and the float32 output path."""
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import unicodedata
@@ -10,17 +9,13 @@ from typing import Optional
 import numpy as np
 
 from antiphon.dialogue import EMOTION_PROSODY, Prosody
+from antiphon.wav import resample
 
 
 def check_sample_rate(sample_rate: int) -> int:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     return int(sample_rate)
-
-
-def check_number(name: str, value, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
-        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
 
 
 def resolve_prosody(text: str, emotion: Optional[str], prosody: Optional[Prosody]) -> Prosody:
@@ -56,26 +51,11 @@ def silence() -> np.ndarray:
     return np.zeros(0, dtype=np.float32)
 
 
-@functools.lru_cache(maxsize=64)
-def _resampler(orig_sr: int, sample_rate: int):
-    import torchaudio  # here, not at import: configs that name a voice must validate without torch
-
-    # Building the sinc kernel costs more than applying it (2 ms vs 0.25 ms for 3 s of 22.05 -> 16 kHz), and
-    # the rate pairs in use are few (one per voice, one per pitch factor): keep the kernels.
-    return torchaudio.transforms.Resample(orig_sr, sample_rate)
-
-
 def to_output(audio: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
     """Resample ``audio`` (float, ``orig_sr``) to ``sample_rate``; float32 clipped to [-1, 1].
 
     ``orig_sr`` need not be the rate the audio was made at: playing it back as if recorded at another rate
-    is how PiperVoice shifts pitch. Band-limited sinc resampling (torchaudio) reduces the rate pair by its
-    gcd, so callers keep the pair's gcd large (the kernel grows with ``orig_sr / gcd``).
+    is how PiperVoice shifts pitch. The resampler (``antiphon.wav.resample``, band-limited sinc) reduces the
+    rate pair by its gcd, so callers keep the pair's gcd large (the kernel grows with ``orig_sr / gcd``).
     """
-    audio = np.asarray(audio, dtype=np.float32)
-    if orig_sr != sample_rate and audio.size:
-        import torch
-
-        audio = _resampler(int(orig_sr), int(sample_rate))(torch.from_numpy(audio)).numpy()
-    # Sinc resampling overshoots slightly near full scale.
-    return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+    return resample(audio, orig_sr, sample_rate)

@@ -37,9 +37,10 @@ from typing import List, Optional
 
 import numpy as np
 
+from antiphon.checks import check_number
 from antiphon.dialogue import Prosody, Voice
 
-from .base import speakable, check_number, check_sample_rate, resolve_prosody, silence, to_output
+from .base import speakable, check_sample_rate, resolve_prosody, silence, to_output
 
 # speak_lib.h
 _AUDIO_OUTPUT_SYNCHRONOUS = 2  # no playback; espeak_Synth returns once the callback has had all the audio
@@ -77,7 +78,7 @@ class _Engine:
         import espeakng_loader
 
         # RTLD_LOCAL: loaded RTLD_GLOBAL, its symbols pre-empt the espeak that piper carries in its own
-        # extension, and piper segfaults in the same process (shared/STACK-NOTES).
+        # extension, and piper segfaults in the same process (docs/cpu-stack.md).
         lib = ctypes.CDLL(espeakng_loader.get_library_path(), mode=os.RTLD_LOCAL)
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int

@@ -91,3 +91,25 @@ def test_malformed_messages_are_refused_naming_the_field(data, field):
 def test_no_pickle_on_the_wire():
     data = encode(_traj())
     assert b"\x80\x04" not in data[:2] and b"numpy" not in data and b"pickle" not in data
+
+
+def _scored(**changes) -> bytes:
+    from antiphon.protocol import Rewards, ScoredTrajectory, encode_scored
+
+    m = msgpack.unpackb(encode_scored(ScoredTrajectory(_traj(), Rewards([0.5, 1.0], 0.25, {}))), raw=False)
+    m.update(changes)
+    return msgpack.packb(m, use_bin_type=True)
+
+
+def test_scored_round_trip_and_its_envelope_is_checked_like_a_trajectory():
+    from antiphon.protocol import MAX_MESSAGE_BYTES, SCORED_SCHEMA_VERSION, decode_scored
+
+    s = decode_scored(_scored())
+    assert s.rewards.turn == [0.5, 1.0] and s.rewards.total == 1.75 and s.trajectory.trajectory_id == "t-1"
+    for data, field, why in [(b"\xc1garbage", "message", "not msgpack"), (msgpack.packb(7), "message", "a map"),
+                             (_scored(v=SCORED_SCHEMA_VERSION + 1), "v", "scored schema version"),
+                             (b"\x00" * (MAX_MESSAGE_BYTES + 1), "message", "exceeds"),
+                             (_scored(trajectory=encode(_traj())[:-3]), "message", "not msgpack")]:
+        with pytest.raises(ProtocolError) as e:
+            decode_scored(data)
+        assert e.value.field == field and why in str(e.value), str(e.value)
