@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 
 
@@ -25,36 +24,17 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    import ray
-
-    from actors import launch_workers
-    from antiphon.config import compose, to_plain
-    from antiphon.model.tiny import resolve_model_path
     from antiphon.protocol import decode
-    from antiphon.transport import EmbeddedValkey, from_config
-    from simulator.scenarios import generate_scenarios
+    from one_worker import one_rollout_worker, scenarios
 
-    cfg = compose([f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.dialogue.think_budget=16",
-                   f"rollout.dialogue.max_concurrent={args.dialogues}", f"simulator.voice={args.voice}",
-                   f"rollout.agent_voice.name={args.voice}", "transport.namespace=bench"])
-    path = str(resolve_model_path(cfg.model))
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedValkey(tmp) as server:
-        tcfg = dict(to_plain(cfg.transport), url=server.url)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        (worker,) = launch_workers(path, to_plain(cfg.rollout), to_plain(cfg.model), num_workers=1)
-        sim = to_plain(cfg.simulator)
-        warm = [s.to_dict() for s in generate_scenarios(8, seed=99)]
-        ray.get(worker.run_dialogues.remote(warm, sim, "bench", tcfg))
-        batch = [s.to_dict() for s in generate_scenarios(args.dialogues, seed=1)]
+    overrides = [f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.dialogue.think_budget=16",
+                 f"rollout.dialogue.max_concurrent={args.dialogues}", f"simulator.voice={args.voice}",
+                 f"rollout.agent_voice.name={args.voice}"]
+    with one_rollout_worker(overrides, namespace="bench") as bench:
         t0 = time.perf_counter()
-        out = ray.get(worker.run_dialogues.remote(batch, sim, "bench", tcfg))
+        out = bench.run(scenarios(args.dialogues, seed=1), publish=True)
         wall = time.perf_counter() - t0
-        reader = from_config(tcfg)
-        entries = reader.scan(reader.stream("trajectories"), count=10_000)
-        trajs = [decode(p) for _, p in entries][-out["published"]:]
-        reader.close()
-        ray.get(worker.shutdown.remote())
-        ray.shutdown()
+        trajs = [decode(p) for p in bench.stream_payloads("trajectories")][-out["published"]:]
 
     t = out["timing"]
     turns = sum(x.num_agent_turns for x in trajs)
@@ -68,6 +48,8 @@ def main() -> None:
           f"1 worker (1 CPU), {args.dialogues} concurrent")
     print(f"agent turns/s: {turns / wall:.2f}   user audio s/s: {user_audio / wall:.1f}   "
           f"agent audio voiced s/s: {agent_audio / wall:.1f}")
+    # How much the dialogues overlapped (the concurrency that tests/actors/test_dialogues_real.py checks).
+    print(f"overlap: summed dialogue time / wall time = {t['dialogue_s'] / wall:.1f}")
     print("| part | share of dialogue time |\n|---|---|")
     for k, v in shares.items():
         print(f"| {k} | {100 * v / total:.1f}% |")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import tempfile
 import time
 from collections import defaultdict
 
@@ -26,32 +25,21 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    import ray
-
-    from actors import launch_workers
-    from antiphon.config import compose, to_plain
-    from antiphon.model.tiny import resolve_model_path
+    from antiphon.config import to_plain
     from antiphon.protocol import decode_scored
-    from antiphon.transport import EmbeddedValkey, from_config
+    from antiphon.transport import from_config
+    from one_worker import one_rollout_worker, scenarios
     from reward_service.compose import build_specs
     from reward_service.service import RewardService
-    from simulator.scenarios import generate_scenarios
 
-    cfg = compose([f"reward={args.reward}", f"reward.batch_size={args.batch_size}", "transport.namespace=rbench",
-                   "rollout.dialogue.max_concurrent=16"])
-    path = str(resolve_model_path(cfg.model))
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedValkey(tmp) as server:
-        tcfg = dict(to_plain(cfg.transport), url=server.url)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        (worker,) = launch_workers(path, to_plain(cfg.rollout), to_plain(cfg.model), num_workers=1)
-        sim = to_plain(cfg.simulator)
-        ray.get(worker.run_dialogues.remote([s.to_dict() for s in generate_scenarios(8, seed=99)], sim, "w", None))
+    overrides = [f"reward={args.reward}", f"reward.batch_size={args.batch_size}",
+                 "rollout.dialogue.max_concurrent=16"]
+    with one_rollout_worker(overrides, namespace="rbench") as bench:
+        cfg, tcfg = bench.cfg, bench.transport_cfg
         t0 = time.perf_counter()
-        out = ray.get(worker.run_dialogues.remote(
-            [s.to_dict() for s in generate_scenarios(args.dialogues, seed=1)], sim, "rbench", tcfg))
+        out = bench.run(scenarios(args.dialogues, seed=1), publish=True, run="rbench")
         worker_rate = out["published"] / (time.perf_counter() - t0)
-        ray.get(worker.shutdown.remote())
-        ray.shutdown()
+        bench.stop_worker()  # the replica is timed alone
 
         async def score_all():
             t = from_config(tcfg, asynchronous=True)
@@ -67,9 +55,8 @@ def main() -> None:
             return svc.stats["scored"] - min(svc.stats["scored"], args.batch_size), wall
 
         scored_n, wall = asyncio.run(score_all())
-        reader = from_config(tcfg)
         per_comp, batches = defaultdict(float), set()
-        for _, payload in reader.scan(reader.stream("scored"), count=10_000)[args.batch_size:]:
+        for payload in bench.stream_payloads("scored")[args.batch_size:]:
             s = decode_scored(payload)
             key = (s.rewards.service["replica"], s.rewards.service["score_s"])
             if key in batches:
@@ -77,7 +64,6 @@ def main() -> None:
             batches.add(key)
             for name, c in s.rewards.components.items():
                 per_comp[name] += c["seconds"]
-        reader.close()
 
     rate = scored_n / wall
     print(f"rollout worker (1 CPU): {worker_rate:.2f} trajectories/s ({args.dialogues} dialogues)")

@@ -1,7 +1,6 @@
 """Audio verifiers on real voiced audio (eSpeak at 16 kHz): prosody features, emotional continuity, DNSMOS."""
 from __future__ import annotations
 
-import time
 from typing import List, Optional, Sequence, Tuple
 
 import msgpack
@@ -107,15 +106,14 @@ def test_prosody_speaking_rate_counts_syllables(voice):
     assert f.rate_hz == pytest.approx(f.syllables / f.speech_s)
 
 
-def test_prosody_is_fast(voice):
+def test_prosody_measures_every_clip_the_same_way_each_time(voice):
+    # Its speed is measured in benchmarks/latency.py (benchmarks/RESULTS.md), not asserted here.
     clips = [voice.synthesize(t, e) for t in AGENT_TEXTS for e in ("sad", "neutral", "excited")]
-    measure_prosody(clips[0], SR)  # the first call imports parselmouth
-    seconds = []
-    for c in clips:
-        t0 = time.perf_counter()
-        measure_prosody(c, SR)
-        seconds.append(time.perf_counter() - t0)
-    assert np.median(seconds) < 0.2 and max(seconds) < 0.5
+    first = [measure_prosody(c, SR) for c in clips]
+    for c, f in zip(clips, first):
+        assert f.reason is None and f.f0_median_hz > 0 and f.rate_hz > 0 and 0 < f.speech_s <= f.duration_s
+        assert measure_prosody(c, SR) == f  # no state carried between calls
+    assert len({f.f0_median_hz for f in first}) > 1  # the deliveries differ, and the measure sees it
 
 
 def test_prosody_of_silence_noise_and_nothing():

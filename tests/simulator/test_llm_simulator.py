@@ -6,7 +6,6 @@ import asyncio
 import json
 import socket
 import threading
-import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,11 +24,12 @@ class FakeChatServer:
     """An OpenAI-format chat endpoint on 127.0.0.1 answering from a script; records every request.
 
     A scripted answer is a string (the completion), ``("status", code, body)``, ``("raw", body)`` or
-    ``("sleep", seconds)``.
+    ``("hold",)``: no answer until ``release`` is set (then a late completion; ``answered`` is set once sent).
     """
 
     def __init__(self, answers):
         self.answers, self.requests = list(answers), []
+        self.release, self.answered = threading.Event(), threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -41,8 +41,8 @@ class FakeChatServer:
                 outer.requests.append({"path": self.path, "headers": dict(self.headers),
                                        "body": json.loads(body)})
                 answer = outer.answers.pop(0)
-                if isinstance(answer, tuple) and answer[0] == "sleep":
-                    time.sleep(answer[1])
+                if isinstance(answer, tuple) and answer[0] == "hold":
+                    outer.release.wait(timeout=120)  # a guard against a hang, not a bound the test asserts
                     answer = "too late"
                 if isinstance(answer, tuple) and answer[0] == "status":
                     code, payload = answer[1], answer[2].replace("{auth}", self.headers.get("Authorization", ""))
@@ -58,7 +58,10 @@ class FakeChatServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                finally:
+                    outer.answered.set()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -70,6 +73,7 @@ class FakeChatServer:
         return self
 
     def __exit__(self, *exc):
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -201,11 +205,11 @@ def test_unreachable_and_slow_endpoints_fail_in_bounded_time():
     with pytest.raises(LLMSimulatorError, match="cannot reach") as err:
         asyncio.run(LLMSimulator(endpoint=dead).start(_scenario()))
     assert dead in str(err.value)
-    with FakeChatServer([("sleep", 1.5)]) as srv:
-        t0 = time.perf_counter()
+    with FakeChatServer([("hold",)]) as srv:
         with pytest.raises(LLMSimulatorError, match="0.5 s") as err:
             asyncio.run(LLMSimulator(endpoint=srv.endpoint, timeout_s=0.5).start(_scenario()))
-        assert srv.endpoint in str(err.value) and time.perf_counter() - t0 < 1.4
+        # The simulator gave up on its own timeout: the server had not answered (it answers only when released).
+        assert srv.endpoint in str(err.value) and len(srv.requests) == 1 and not srv.answered.is_set()
 
 
 def test_parse_line():
@@ -298,9 +302,7 @@ def test_vllm_backend_in_a_dialogue(tiny_path, llm_engines):
         again = await sim2.start(scenario)
         return d, traj, again
 
-    t0 = time.perf_counter()
     d, traj, again = asyncio.run(run())
-    wall = time.perf_counter() - t0
     assert d.end_reason == "user_ended", d.end_reason
     assert traj is not None and traj.num_agent_turns == 2
     assert len(sim.turns) == 3 and len(sim.raw_lines) == 3  # start + two reacts, each a line from the engine
@@ -318,4 +320,3 @@ def test_vllm_backend_in_a_dialogue(tiny_path, llm_engines):
     assert [m["role"] for m in sim.history] == ["user", "assistant", "user", "assistant", "user", "assistant"]
     assert (sim.history[2]["content"], sim.history[4]["content"]) == ("I hear you.", "Rest is fine.")
     assert len(llm_engines._ENGINES) == 1
-    print(f"vllm-backed dialogue: {wall:.1f} s (engine start included)")
