@@ -7,11 +7,12 @@ learner that every worker reads from the object store -- and are loaded in place
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
 import time
-from typing import Any, Dict, List, Mapping
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping
 
 from actors.dialogue import Dialogue
 from antiphon.affinity import pin_process
@@ -19,23 +20,28 @@ from antiphon.dialogue import Scenario, simulator_factory
 from antiphon.generation import GenerationRequest, GenerationResult
 from antiphon.protocol import encode
 
+if TYPE_CHECKING:
+    from antiphon.config.schema import ModelConfig, RolloutConfig, SimulatorConfig
+
 
 class RolloutWorker:
-    def __init__(self, index: int, model_path: str, rollout_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any]):
+    def __init__(self, index: int, model_path: str, rollout_cfg: RolloutConfig, model_cfg: ModelConfig):
         self.index = int(index)
         self.model_path = str(model_path)
-        self.rollout_cfg = dict(rollout_cfg)
-        self.model_cfg = dict(model_cfg)
+        self.rollout_cfg = rollout_cfg
+        self.model_cfg = model_cfg
         # Each worker samples from its own stream: the same seed in two engines gives identical samples.
-        self.seed = int(rollout_cfg["seed"]) + self.index
+        self.seed = rollout_cfg.seed + self.index
         self.engine = None
-        pin_process(rollout_cfg.get("cpu_affinity"), "rollout.cpu_affinity")
+        pin_process(rollout_cfg.cpu_affinity, "rollout.cpu_affinity")
 
     async def start(self) -> Dict[str, Any]:
         from actors.engine import RolloutEngine
 
         if self.engine is None:
-            self.engine = await RolloutEngine.create(self.model_path, self.rollout_cfg, self.model_cfg, self.seed)
+            # The engine reads its settings as mappings.
+            self.engine = await RolloutEngine.create(self.model_path, dataclasses.asdict(self.rollout_cfg),
+                                                     dataclasses.asdict(self.model_cfg), self.seed)
         return self.info()
 
     def info(self) -> Dict[str, Any]:
@@ -45,7 +51,7 @@ class RolloutWorker:
     async def generate(self, requests: List[GenerationRequest]) -> List[GenerationResult]:
         return await self.engine.generate_batch(list(requests))
 
-    async def run_dialogues(self, scenarios: List[Dict[str, Any]], simulator_cfg: Dict[str, Any],
+    async def run_dialogues(self, scenarios: List[Dict[str, Any]], simulator_cfg: SimulatorConfig,
                             run: str = "", transport_cfg: Dict[str, Any] | None = None) -> Dict[str, Any]:
         """Runs the dialogues concurrently (``rollout.dialogue.max_concurrent`` at a time).
 
@@ -58,7 +64,7 @@ class RolloutWorker:
 
         self._ensure_dialogue_parts()
         make_sim = simulator_factory(simulator_cfg, self.settings.sample_rate)
-        gate = asyncio.Semaphore(max(1, int(self.rollout_cfg["dialogue"]["max_concurrent"])))
+        gate = asyncio.Semaphore(max(1, self.rollout_cfg.dialogue.max_concurrent))
         reasons: Counter = Counter()
         out: List[bytes] = []
 
@@ -128,7 +134,7 @@ class RolloutWorker:
         max_frames = int(AutoFeatureExtractor.from_pretrained(self.model_path).nb_max_frames)
         self.tokens_per_clip = lambda n: audio_placeholder_count(n, max_frames)
         self.settings = DialogueSettings.from_config(self.rollout_cfg, self.model_cfg)
-        voice_cfg = self.rollout_cfg.get("agent_voice")
+        voice_cfg = self.rollout_cfg.agent_voice
         self.agent_voice = instantiate(voice_cfg, sample_rate=self.settings.sample_rate) if voice_cfg else None
         self.end_reasons = Counter()
 
@@ -143,7 +149,7 @@ class RolloutWorker:
             weights = await asyncio.to_thread(receive, dict(weights))
         return await self.engine.load_weights(weights, version)
 
-    async def run_stream(self, scenarios: List[Dict[str, Any]], simulator_cfg: Dict[str, Any], run: str,
+    async def run_stream(self, scenarios: List[Dict[str, Any]], simulator_cfg: SimulatorConfig, run: str,
                          transport_cfg: Dict[str, Any], admission: Dict[str, int]) -> Dict[str, Any]:
         """Runs dialogues until ``stop_stream``: up to ``rollout.dialogue.max_concurrent`` in flight, each
         started only when admission control admits it (``admission``: max_staleness, batch_size,
@@ -160,7 +166,7 @@ class RolloutWorker:
         make_sim = simulator_factory(simulator_cfg, self.settings.sample_rate)
         adm = AsyncAdmission(transport)
         s, b, g = int(admission["max_staleness"]), int(admission["batch_size"]), int(admission["group_size"])
-        cap = max(1, int(self.rollout_cfg["dialogue"]["max_concurrent"]))
+        cap = max(1, self.rollout_cfg.dialogue.max_concurrent)
         self._stop = asyncio.Event()
         stats = self.stream_stats = Counter()
         in_flight: set = set()
@@ -239,21 +245,26 @@ class RolloutWorker:
             self.engine = None
 
 
-def launch_workers(model_path: str, rollout_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any],
+def launch_workers(model_path: str, rollout_cfg: RolloutConfig, model_cfg: ModelConfig,
                    num_workers: int | None = None) -> List[Any]:
     """Starts ``rollout.num_workers`` RolloutWorker actors (engines ready on return). Needs ``ray.init()``."""
     import ray
 
     from actors.engine import engine_env
 
-    n = int(num_workers if num_workers is not None else rollout_cfg["num_workers"])
+    from antiphon.config import to_dataclass
+    from antiphon.config.schema import ModelConfig, RolloutConfig
+
+    # Mappings given by hand go through the schema: the workers get its dataclasses either way.
+    rollout_cfg, model_cfg = to_dataclass(rollout_cfg, RolloutConfig), to_dataclass(model_cfg, ModelConfig)
+    n = int(num_workers if num_workers is not None else rollout_cfg.num_workers)
+    cpus, gpus = rollout_cfg.num_cpus_per_worker, rollout_cfg.num_gpus_per_worker
     actor_cls = ray.remote(RolloutWorker).options(
-        num_cpus=float(rollout_cfg["num_cpus_per_worker"]),
-        num_gpus=float(rollout_cfg["num_gpus_per_worker"]),
-        runtime_env={"env_vars": engine_env(rollout_cfg)},
+        num_cpus=cpus,
+        num_gpus=gpus,
+        runtime_env={"env_vars": engine_env(dataclasses.asdict(rollout_cfg))},
         max_concurrency=1000,  # many dialogues' requests in flight at once
     )
-    cpus, gpus = float(rollout_cfg["num_cpus_per_worker"]), float(rollout_cfg["num_gpus_per_worker"])
     total = ray.cluster_resources()
     if n * cpus > total.get("CPU", 0) or n * gpus > total.get("GPU", 0):
         # Not an error: an autoscaling cluster grows to fit. The start-up timeout below bounds the wait.
@@ -262,7 +273,7 @@ def launch_workers(model_path: str, rollout_cfg: Mapping[str, Any], model_cfg: M
             "current CPU=%s, GPU=%s; waiting up to rollout.startup_timeout_s for resources", n, cpus, gpus,
             total.get("CPU", 0), total.get("GPU", 0))
     workers = [actor_cls.remote(i, model_path, rollout_cfg, model_cfg) for i in range(n)]
-    timeout = float(rollout_cfg["startup_timeout_s"])
+    timeout = rollout_cfg.startup_timeout_s
     try:
         ray.get([w.start.remote() for w in workers], timeout=timeout)
     except ray.exceptions.GetTimeoutError:

@@ -14,10 +14,14 @@ Plain data only, so simulators can live in any package (``simulator._target_=my_
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from antiphon.config.schema import SimulatorConfig
 
 EMOTIONS = ("neutral", "calm", "happy", "excited", "sad", "angry", "anxious", "tired")
 
@@ -107,7 +111,17 @@ class AgentTurn:
 
 
 class UserSimulator(abc.ABC):
-    """The user side of one dialogue. Create one instance per dialogue; keep dialogue state on ``self``."""
+    """The user side of one dialogue. Create one instance per dialogue; keep dialogue state on ``self``.
+
+    Parameters come from the config as ``+simulator.<name>=value`` (plus the schema's ``voice``, ``seed``
+    and ``sample_rate`` when the class takes them). A class may declare them as a dataclass,
+    ``Params = MyParams``: the values are then checked and typed against it when the config is composed
+    (``simulator.turns='x': ...`` before anything starts), a field marked ``metadata={"path": True}`` must
+    name an existing file, and the class is constructed with every field of it as a keyword argument (the
+    dataclass's defaults are the defaults). Without ``Params`` the values must bind to the constructor.
+    """
+
+    Params: Optional[type] = None
 
     @abc.abstractmethod
     async def start(self, scenario: Scenario) -> UserTurn:
@@ -131,36 +145,48 @@ class Voice(abc.ABC):
         """A float32 mono waveform in [-1, 1] at ``self.sample_rate``."""
 
 
-# Keys of the simulator config that configure the scenario source, not the simulator class.
-_SCENARIO_KEYS = ("scenarios", "num_scenarios", "max_turns")
-# Schema keys offered to a simulator class only if its constructor takes them.
+# Schema keys offered to a simulator class only if its constructor (or Params) takes them.
 _OPTIONAL_KEYS = ("voice", "seed", "sample_rate")
 
 
-def simulator_factory(sim_cfg: Dict[str, Any], sample_rate: int):
-    """A zero-argument callable making one simulator per dialogue from the ``simulator`` config (plain dict).
+def simulator_factory(sim_cfg: SimulatorConfig, sample_rate: int):
+    """A zero-argument callable making one simulator per dialogue from the ``simulator`` config.
 
-    Keys added by the user (``+simulator.x=...``) must be constructor parameters; the schema's optional
-    keys go only to classes that accept them. Raises ValueError naming ``simulator.<key>`` otherwise.
+    The class gets its own parameters (``+simulator.<key>``, in ``sim_cfg.params``) and those of the
+    schema's optional keys (``voice``, ``seed``, ``sample_rate`` = the policy's rate) that it takes
+    (``sim_cfg``: the schema's dataclass, or a mapping read through it). With a
+    ``Params`` dataclass the values are checked and typed against it, and the class receives every field;
+    otherwise they must bind to its constructor. Raises ValueError naming ``simulator.<key>``.
     """
     import functools
     import inspect
 
     from hydra.utils import get_class
 
-    cfg = {k: v for k, v in sim_cfg.items() if k not in _SCENARIO_KEYS}
-    cls = get_class(cfg.pop("_target_"))
+    from antiphon.config import check_params, declared_params, to_dataclass
+    from antiphon.config.schema import SimulatorConfig
+
+    sim_cfg = to_dataclass(sim_cfg, SimulatorConfig)
+    cls = get_class(sim_cfg._target_)
     if not (isinstance(cls, type) and issubclass(cls, UserSimulator)):
         raise ValueError(f"simulator._target_: {cls!r} is not a UserSimulator subclass")
-    cfg.setdefault("sample_rate", sample_rate)
+    offered = {"voice": str(sim_cfg.voice), "seed": sim_cfg.seed, "sample_rate": sample_rate}
+    given = dict(sim_cfg.params)
+    schema = declared_params(cls)
+    if schema is not None:
+        fields = {f.name for f in dataclasses.fields(schema)}
+        values, errors = check_params(cls, {**{k: v for k, v in offered.items() if k in fields}, **given},
+                                      "simulator")
+        if errors:
+            raise ValueError("\n  ".join(errors))
+        return functools.partial(cls, **values)
     params = inspect.signature(cls).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {}
-    for k, v in cfg.items():
-        if k in params or takes_any:
-            kwargs[k] = v
-        elif k not in _OPTIONAL_KEYS:
+    kwargs = {k: v for k, v in offered.items() if k in params or takes_any}
+    for k, v in given.items():
+        if k not in params and not takes_any:
             raise ValueError(f"simulator.{k}={v!r}: {cls.__name__} takes no parameter {k!r}")
+        kwargs[k] = v
     for name, p in params.items():
         if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) \
                 and name not in kwargs:

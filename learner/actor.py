@@ -11,27 +11,34 @@ on -- so no trajectory is trained twice and none is lost.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from antiphon.config.schema import Estimator, LearnerConfig, Mode
+
 GROUP = "learner"
 
 
 class Learner:
-    def __init__(self, model_path: str, learner_cfg: Dict[str, Any], transport_cfg: Dict[str, Any], run_dir: str,
+    def __init__(self, model_path: str, learner_cfg: LearnerConfig, transport_cfg: Dict[str, Any], run_dir: str,
                  temperature: float = 1.0, reference_path: Optional[str] = None, resume: Optional[str] = None,
                  consumer: str = "learner-0"):
         from antiphon.transport import Admission, from_config
         from antiphon.weight_sync import sender
-        from learner.recipe import PPORecipe, read_checkpoint_state
+        from learner.checkpoint import read_checkpoint_state
+        from learner.recipe import PPORecipe
 
         from antiphon.affinity import pin_process
 
-        pin_process(learner_cfg.get("cpu_affinity"), "learner.cpu_affinity")
-        self.cfg = dict(learner_cfg)
+        from antiphon.config import to_dataclass
+
+        learner_cfg = to_dataclass(learner_cfg, LearnerConfig)  # a mapping given by hand: through the schema
+        pin_process(learner_cfg.cpu_affinity, "learner.cpu_affinity")
+        self.cfg = learner_cfg
         self.run_dir = Path(run_dir)
         self.consumer = consumer
         self.reader = from_config(transport_cfg)
@@ -40,7 +47,7 @@ class Learner:
         self.admission = Admission(self.reader)
         self.recipe = PPORecipe(self.cfg, model_path, temperature, reference_path)
         self.recipe.setup(resume)
-        self.sender = sender(self.cfg["weight_sync"])
+        self.sender = sender(self.cfg.weight_sync.value)
         self.version = 0
         self.trained: List[str] = []  # trajectory ids, in training order
         self.unacked: List[str] = []  # stream entries trained since the last checkpoint
@@ -66,7 +73,7 @@ class Learner:
     # never came: its dialogue failed and its admission slot went to another group).
 
     def _whole_groups(self) -> bool:
-        return self.cfg["estimator"] == "group" and int(self.cfg["group_size"]) > 1
+        return self.cfg.estimator is Estimator.group and self.cfg.group_size > 1
 
     def _lag(self, s) -> int:
         t = s.trajectory
@@ -83,7 +90,7 @@ class Learner:
             group = self._open[key] = []
             self._held.append(group)
         group.append((msg_id, s))
-        if len(group) >= int(self.cfg["group_size"]):
+        if len(group) >= self.cfg.group_size:
             del self._open[key]  # complete: a later dialogue with the same key starts a new group
 
     def _drop(self, msg_id: str, reason: str) -> None:
@@ -103,7 +110,7 @@ class Learner:
                     keep.append((msg_id, s))
             group[:] = keep  # in place: _open refers to it
         if self._whole_groups():
-            g = int(self.cfg["group_size"])
+            g = self.cfg.group_size
             lag = {id(grp): max((self._lag(s) for _, s in grp), default=0) for grp in self._held}
             ready = [grp for grp in self._held if len(grp) >= g or lag[id(grp)] >= smax or quiet]
             ready.sort(key=lambda grp: -lag[id(grp)])  # oldest first: they are the next to go stale
@@ -125,19 +132,19 @@ class Learner:
     def _next_batch(self) -> List[Any]:
         from antiphon.protocol import decode_scored
 
-        need = int(self.cfg["batch_size"])
-        smax = 0 if self.cfg["mode"] == "sync" else int(self.cfg["max_staleness"])
-        deadline = time.monotonic() + float(self.cfg["batch_timeout_s"])
+        need = self.cfg.batch_size
+        smax = 0 if self.cfg.mode is Mode.sync else self.cfg.max_staleness
+        deadline = time.monotonic() + self.cfg.batch_timeout_s
         last_arrival = time.monotonic()
         while True:
-            quiet = time.monotonic() - last_arrival > float(self.cfg["group_wait_s"])
+            quiet = time.monotonic() - last_arrival > self.cfg.group_wait_s
             got = self._take(need, smax, quiet)
             if got is not None:
                 return got
             held = sum(len(grp) for grp in self._held)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"learner: {held}/{need} scored dialogues after learner.batch_timeout_s="
-                                   f"{self.cfg['batch_timeout_s']} (are rollout workers and the reward service up?)")
+                                   f"{self.cfg.batch_timeout_s} (are rollout workers and the reward service up?)")
             # Whole groups may need more than a batch's worth in hand; otherwise read only what is missing.
             count = need if self._whole_groups() else need - held
             if self._replay:
@@ -172,7 +179,7 @@ class Learner:
         items = self._next_batch()
         wait_s = time.perf_counter() - t0
         scored = [s for _, s in items]
-        batch = build_batch(self.recipe.policy, scored, self.cfg["reward_norm"])
+        batch = build_batch(self.recipe.policy, scored, self.cfg.reward_norm)
         metrics = self.recipe.train_step(batch, self.version)
         hist = metrics.pop("staleness/_hist")
         for msg_id, s in items:
@@ -190,7 +197,7 @@ class Learner:
             "rollout/mean_dialogue_s": float(np.mean([s.trajectory.meta.get("wall_s", 0.0) for s in scored])),
             # Mean over rows of (its group's rows in this batch) / group_size: 1.0 when every group is whole.
             "rollout/group_fill": float(np.mean([batch.groups.count(k) for k in batch.groups])
-                                        / int(self.cfg["group_size"])),
+                                        / self.cfg.group_size),
             "perf/learner_wait_s": wait_s,
             "perf/step_s": time.perf_counter() - t0,
             "staleness/dropped_total": float(self.counts["dropped_stale"]),
@@ -212,7 +219,7 @@ class Learner:
         self.recipe.save_checkpoint(path, extra={"version": self.version, "trained_ids": self.trained,
                                                  "counts": dict(self.counts), "stream": self.stream,
                                                  "group": GROUP, "consumer": self.consumer,
-                                                 "config": self.cfg})
+                                                 "config": dataclasses.asdict(self.cfg)})
         # Only now is the work durable: acknowledge what it covers.
         self.reader.ack(self.stream, GROUP, self.unacked)
         self.unacked = []

@@ -8,20 +8,53 @@ between (the environment's reply is part of that transition), and the episode en
 last policy token (bootstrap value 0). Every function here therefore skips masked positions entirely
 and writes 0 there.
 
-Also the critic-free baselines (RLOO / GRPO group baselines) and the usual diagnostics.
+Also the critic-free baselines (RLOO / GRPO group baselines, per dialogue or per turn), the V-trace
+targets of the APPO variant, and the usual diagnostics. :func:`compute_advantages` is what the recipe
+calls: it picks the estimator the learner config names.
 """
 from __future__ import annotations
 
-from typing import Dict, Hashable, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from antiphon.config.schema import Algo, Estimator, GroupCredit, GroupScale, LearnerConfig
+from learner.masks import bool_mask
 
-def _as_bool_mask(mask: Tensor, like: Tensor) -> Tensor:
-    if mask.shape != like.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} != tensor shape {tuple(like.shape)}")
-    return mask.to(device=like.device) != 0
+if TYPE_CHECKING:
+    from learner.batch import Batch
+
+
+def uses_critic(cfg: LearnerConfig) -> bool:
+    """Whether the estimator reads the value head (GAE, V-trace): only then is there a value loss."""
+    return cfg.algo is Algo.appo or cfg.estimator is Estimator.gae
+
+
+@torch.no_grad()
+def compute_advantages(cfg: LearnerConfig, batch: "Batch", prox_logp: Tensor, behav_logp: Tensor,
+                       rewards: Tensor, values: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(advantages, value targets)``, both ``[B, T]`` and 0 off policy tokens, by the estimator the config
+    names: V-trace targets (``algo=appo``), GAE with the learned critic (``estimator=gae``), or the
+    critic-free group baseline over the dialogue's total reward (``group_credit=dialogue``) or per agent
+    turn (``turn``), whose value targets are the plain returns-to-go. Whitened over the policy tokens when
+    ``whiten_advantages``."""
+    if cfg.algo is Algo.appo:
+        adv, returns = vtrace_advantages(prox_logp, behav_logp, rewards, values, mask, cfg.gamma,
+                                         clip_rho=cfg.vtrace_clip_rho, clip_pg_rho=cfg.vtrace_clip_pg_rho)
+    elif cfg.estimator is Estimator.gae:
+        adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    else:
+        if cfg.group_credit is GroupCredit.dialogue:
+            seq_adv = group_baseline_advantages(batch.scores, batch.groups, leave_one_out=True,
+                                                scale=cfg.group_scale).to(mask.device)
+            adv = seq_adv[:, None] * mask
+        else:
+            adv = turn_group_advantages(batch, cfg.group_scale).to(mask.device) * mask
+        returns = returns_to_go(rewards, mask, cfg.gamma)
+    if cfg.whiten_advantages:
+        adv = whiten(adv, mask) * mask
+    return adv, returns
 
 
 @torch.no_grad()
@@ -36,7 +69,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     """
     if rewards.dim() != 2 or values.shape != rewards.shape:
         raise ValueError(f"rewards {tuple(rewards.shape)} and values {tuple(values.shape)} must both be [B, T]")
-    m = _as_bool_mask(mask, rewards)
+    m = bool_mask(mask, rewards)
     rewards = rewards.detach()
     values = values.detach()
     if bool(((rewards != 0) & ~m).any()):
@@ -76,7 +109,7 @@ def group_baseline_advantages(
     scores: Tensor,
     groups: Sequence[Hashable],
     leave_one_out: bool = True,
-    scale: str = "none",
+    scale: Union[GroupScale, str] = GroupScale.none,
     eps: float = 1e-6,
 ) -> Tensor:
     """Critic-free advantage per sample: its score minus a baseline from its group (RLOO / GRPO).
@@ -88,8 +121,7 @@ def group_baseline_advantages(
     A group of size 1 gets advantage 0: without a second sample there is no baseline, and using the
     raw score would inject an uncentred signal.
     """
-    if scale not in ("none", "std"):
-        raise ValueError(f"unknown scale {scale!r} (expected 'none' or 'std')")
+    scale = GroupScale(scale)  # ValueError naming any other value
     if scores.dim() != 1 or scores.shape[0] != len(groups):
         raise ValueError(f"scores must be [N] with N == len(groups); got {tuple(scores.shape)} vs {len(groups)}")
     scores = scores.detach()
@@ -107,7 +139,7 @@ def group_baseline_advantages(
     else:
         baseline = total[idx] / n
     adv = s - baseline
-    if scale == "std":
+    if scale is GroupScale.std:
         mean = total / count
         sq = torch.zeros(G, dtype=s.dtype, device=s.device).index_add_(0, idx, (s - mean[idx]) ** 2)
         std = torch.sqrt(sq / torch.clamp(count - 1, min=1))
@@ -116,13 +148,31 @@ def group_baseline_advantages(
     return adv.to(scores.dtype)
 
 
+def turn_group_advantages(batch: "Batch", scale: Union[GroupScale, str] = GroupScale.none) -> Tensor:
+    """Critic-free, per-turn credit: a token of agent turn k gets (its turn's reward minus the mean of
+    the same turn's reward in the other rollouts of its group) plus (its dialogue reward minus the
+    others' mean). Rollouts of one group play the same scenario, so turn k meets the same user state
+    in all of them: the comparison isolates what this turn did. [B, T-1], 0 off policy tokens."""
+    adv = torch.zeros(batch.turn_idx.shape)
+    dial = group_baseline_advantages(torch.tensor(batch.dialogue_rewards), batch.groups, leave_one_out=True,
+                                     scale=scale)
+    n_turns = max((len(t) for t in batch.turn_rewards), default=0)
+    for k in range(n_turns):
+        rows = [i for i, t in enumerate(batch.turn_rewards) if len(t) > k]
+        a = group_baseline_advantages(torch.tensor([batch.turn_rewards[i][k] for i in rows]),
+                                      [batch.groups[i] for i in rows], leave_one_out=True, scale=scale)
+        for i, v in zip(rows, a.tolist()):
+            adv[i][batch.turn_idx[i] == k] = v + float(dial[i])
+    return adv
+
+
 def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
     """Normalise ``x`` by the mean and (population) std over masked positions; 0 elsewhere.
 
     With ``shift_mean=False`` the mean is added back, so only the scale changes (keeps the sign
     balance of e.g. advantages as computed). Raises if the mask selects nothing.
     """
-    m = _as_bool_mask(mask, x)
+    m = bool_mask(mask, x)
     n = m.sum()
     if int(n) == 0:
         raise ValueError("whiten: mask selects no positions")
@@ -142,7 +192,7 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
 
     1 means the critic predicts returns perfectly, 0 means no better than a constant, < 0 worse.
     """
-    m = _as_bool_mask(mask, returns)
+    m = bool_mask(mask, returns)
     if int(m.sum()) == 0:
         return float("nan")
     r = returns[m].double()
@@ -151,3 +201,72 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     if float(var_r) == 0.0:
         return float("nan")
     return float(1.0 - d.var(unbiased=False) / var_r)
+
+
+def vtrace_advantages(
+    target_logp: Tensor,
+    behav_logp: Tensor,
+    rewards: Tensor,
+    values: Tensor,
+    mask: Tensor,
+    gamma: float,
+    clip_rho: Optional[float] = 1.0,
+    clip_pg_rho: Optional[float] = 1.0,
+) -> Tuple[Tensor, Tensor]:
+    """V-trace targets over each row's policy tokens (the APPO variant), via RLlib's ``vtrace_torch``.
+
+    Like :func:`gae`, the trajectory of a row is its policy tokens in order (masked tokens skipped),
+    ending after the last one with bootstrap value 0. Rows are packed into a dense time-major
+    ``[T', B]`` layout, ``T'`` = the longest row; the discount is 0 on each row's last real step and
+    on padding, and padding has zero reward, value and log-ratio, so a row's result never depends on
+    another row's length. Returns ``(pg_advantages, vs_targets)`` as ``[B, T]``, 0 on masked:
+    ``pg_advantages_t = min(rho_t, clip_pg_rho) (r_t + gamma vs_{t+1} - V_t)`` — RLlib's convention,
+    already weighted by the clipped importance ratio, so the policy loss must not reweight by rho
+    again — and ``vs_targets`` the V-trace value targets (clipped at ``clip_rho``, traces ``c`` at 1).
+    No gradient flows.
+    """
+    from ray.rllib.algorithms.impala.torch.vtrace_torch_v2 import vtrace_torch
+
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be [B, T]; got {tuple(rewards.shape)}")
+    for name, t in (("target_logp", target_logp), ("behav_logp", behav_logp), ("values", values)):
+        if t.shape != rewards.shape:
+            raise ValueError(f"{name} shape {tuple(t.shape)} != rewards shape {tuple(rewards.shape)}")
+    m = bool_mask(mask, rewards)
+    if bool(((rewards != 0) & ~m).any()):
+        raise ValueError("rewards: nonzero reward on a masked (non-policy) position")
+    B, _ = rewards.shape
+    dtype, device = rewards.dtype, rewards.device
+    pg_out = torch.zeros_like(rewards, dtype=dtype)
+    vs_out = torch.zeros_like(rewards, dtype=dtype)
+    lengths = m.sum(dim=-1)
+    Tp = int(lengths.max()) if B else 0
+    if Tp == 0:
+        return pg_out, vs_out
+
+    with torch.no_grad():
+        rows, cols = m.nonzero(as_tuple=True)
+        k = (torch.cumsum(m.to(torch.long), dim=-1) - 1)[rows, cols]  # index among the row's policy tokens
+
+        def pack(x: Tensor) -> Tensor:
+            dense = torch.zeros(B, Tp, dtype=dtype, device=device)
+            dense[rows, k] = x.detach().to(dtype)[rows, cols]
+            return dense.transpose(0, 1).contiguous()
+
+        steps = torch.arange(Tp, device=device).unsqueeze(0)
+        live_next = steps < (lengths.unsqueeze(1) - 1)  # a real step with a real successor
+        discounts = torch.where(live_next, torch.full((), gamma, dtype=dtype, device=device),
+                                torch.zeros((), dtype=dtype, device=device)).transpose(0, 1).contiguous()
+        vs, pg = vtrace_torch(
+            target_action_log_probs=pack(target_logp),
+            behaviour_action_log_probs=pack(behav_logp),
+            discounts=discounts,
+            rewards=pack(rewards),
+            values=pack(values),
+            bootstrap_values=torch.zeros(B, dtype=dtype, device=device),
+            clip_rho_threshold=clip_rho,
+            clip_pg_rho_threshold=clip_pg_rho,
+        )
+        pg_out[rows, cols] = pg.transpose(0, 1)[rows, k]
+        vs_out[rows, cols] = vs.transpose(0, 1)[rows, k]
+    return pg_out, vs_out

@@ -14,11 +14,12 @@ tensor is in *log-prob position* space, [B, T-1]: column j scores the token at e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 import torch
 
+from antiphon.config.schema import RewardNorm
 from learner.policy import PolicyModel, trajectory_sample
 
 
@@ -61,7 +62,7 @@ class Batch:
                      [self.dialogue_rewards[i] for i in idx])
 
 
-def turn_rewards(scored, reward_norm: str = "none", stats: Dict[str, Any] | None = None):
+def turn_rewards(scored, reward_norm: Union[RewardNorm, str] = RewardNorm.none, stats: Dict[str, Any] | None = None):
     """(per-agent-turn rewards, dialogue reward) of one scored dialogue.
 
     ``none``: as the reward service composed them (its own per-component normalisation applied).
@@ -69,10 +70,8 @@ def turn_rewards(scored, reward_norm: str = "none", stats: Dict[str, Any] | None
     then weighted -- components on very different scales then pull with the weights the config gives.
     """
     r = scored.rewards
-    if reward_norm == "none":
+    if RewardNorm(reward_norm) is RewardNorm.none:
         return list(r.turn), float(r.dialogue)
-    if reward_norm != "batch":
-        raise ValueError(f"learner.reward_norm: {reward_norm!r} is not none or batch")
     turn = [0.0] * len(r.turn)
     dialogue = 0.0
     for name, c in r.components.items():
@@ -93,7 +92,7 @@ def component_stats(scored_list) -> Dict[str, Any]:
     return {k: (float(np.mean(v)) if v else 0.0, float(np.std(v)) + 1e-6 if v else 1.0) for k, v in vals.items()}
 
 
-def build_batch(policy: PolicyModel, scored_list, reward_norm: str = "none") -> Batch:
+def build_batch(policy: PolicyModel, scored_list, reward_norm: Union[RewardNorm, str] = RewardNorm.none) -> Batch:
     samples = [trajectory_sample(s.trajectory) for s in scored_list]
     mi = policy.build_batch(samples)
     mi["clips_per_row"] = [len(x.audio) for x in samples]
@@ -104,7 +103,7 @@ def build_batch(policy: PolicyModel, scored_list, reward_norm: str = "none") -> 
     rewards = torch.zeros(B, T - 1)
     turn_idx = torch.full((B, T - 1), -1, dtype=torch.long)
     all_turn_r, all_dial_r = [], []
-    stats = component_stats(scored_list) if reward_norm == "batch" else None
+    stats = component_stats(scored_list) if RewardNorm(reward_norm) is RewardNorm.batch else None
     comps: Dict[str, List[float]] = {}
     for i, s in enumerate(scored_list):
         t = s.trajectory

@@ -14,7 +14,6 @@ corrected by the behaviour importance weight pi_prox / pi_behav, capped (Hilton 
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -23,31 +22,33 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from learner.advantages import explained_variance, gae, group_baseline_advantages, returns_to_go, whiten
+from antiphon.config.schema import Algo, Device, KLEstimator, LearnerConfig, LossAgg, OffPolicy
+from learner import checkpoint
+from learner.advantages import compute_advantages, explained_variance, uses_critic
 from learner.batch import Batch
-from learner.loss import aggregate, entropy_from_logits, kl_penalty, ppo_policy_loss, value_loss, vtrace_advantages
+from learner.loss import aggregate, entropy_from_logits, kl_penalty, ppo_policy_loss, value_loss
 from learner.policy import PolicyModel
 
 
 class PPORecipe:
-    def __init__(self, cfg: Dict[str, Any], model_path: str | Path, temperature: float = 1.0,
+    def __init__(self, cfg: LearnerConfig, model_path: str | Path, temperature: float = 1.0,
                  reference_path: Optional[str | Path] = None):
-        self.cfg = dict(cfg)
+        self.cfg = cfg
         self.model_path = Path(model_path)
         self.temperature = float(temperature)
         # The frozen reference for the KL term: the policy RL started from (the cold-start model).
         self.reference_path = Path(reference_path) if reference_path else self.model_path
 
     # -- setup ----------------------------------------------------------------------------------
-    def setup(self, checkpoint: Optional[str | Path] = None) -> None:
+    def setup(self, checkpoint_dir: Optional[str | Path] = None) -> None:
         c = self.cfg
-        torch.manual_seed(int(c["seed"]))
-        random.seed(int(c["seed"]))
-        np.random.seed(int(c["seed"]))
-        if c["device"] == "cpu":
-            torch.set_num_threads(int(c.get("num_threads", 1)))
-        path = Path(checkpoint) / "policy" if checkpoint else self.model_path
-        self.policy = PolicyModel(path, device=c["device"], dtype=c["dtype"], temperature=self.temperature)
+        torch.manual_seed(c.seed)
+        random.seed(c.seed)
+        np.random.seed(c.seed)
+        if c.device is Device.cpu:
+            torch.set_num_threads(c.num_threads)
+        path = checkpoint.policy_dir(checkpoint_dir) if checkpoint_dir else self.model_path
+        self.policy = PolicyModel(path, device=c.device.value, dtype=c.dtype.value, temperature=self.temperature)
         hidden = self.policy.model.config.text_config.hidden_size
         # The critic: a value head on the policy's last hidden state (shared trunk), zero-initialised so
         # the first advantages are the raw returns.
@@ -55,16 +56,17 @@ class PPORecipe:
         torch.nn.init.zeros_(self.value_head.weight)
         torch.nn.init.zeros_(self.value_head.bias)
         params = list(self.policy.model.parameters()) + list(self.value_head.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=float(c["lr"]), weight_decay=float(c["weight_decay"]),
+        self.optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay,
                                            betas=(0.9, 0.999), eps=1e-8)
         self.reference = None
-        if float(c["kl_coef"]) > 0:
-            self.reference = PolicyModel(self.reference_path, device=c["device"], dtype=c["dtype"],
+        if c.kl_coef > 0:
+            self.reference = PolicyModel(self.reference_path, device=c.device.value, dtype=c.dtype.value,
                                          temperature=self.temperature)
             self.reference.model.requires_grad_(False).eval()
         self.step = 0
-        if checkpoint:
-            self._load_state(Path(checkpoint))
+        if checkpoint_dir:
+            self.step = checkpoint.load_learner_state(checkpoint_dir, self.value_head, self.optimizer,
+                                                      self.policy.device)
 
     # -- one learner step -----------------------------------------------------------------------
     def train_step(self, batch: Batch, version: int) -> Dict[str, float]:
@@ -86,39 +88,24 @@ class PPORecipe:
             del logits, hidden
 
         # 2. Advantages and value targets.
-        use_critic = c["algo"] == "appo" or c["estimator"] == "gae"
-        if c["algo"] == "appo":
-            adv, returns = vtrace_advantages(prox, behav, rewards, old_values, mask, float(c["gamma"]),
-                                             clip_rho=float(c["vtrace_clip_rho"]),
-                                             clip_pg_rho=float(c["vtrace_clip_pg_rho"]))
-        elif c["estimator"] == "gae":
-            adv, returns = gae(rewards, old_values, mask, float(c["gamma"]), float(c["lam"]))
-        elif c["group_credit"] == "dialogue":
-            seq_adv = group_baseline_advantages(batch.scores, batch.groups, leave_one_out=True,
-                                                scale=c["group_scale"]).to(self.policy.device)
-            adv = seq_adv[:, None] * mask
-            returns = returns_to_go(rewards, mask, float(c["gamma"]))
-        else:
-            adv = turn_group_advantages(batch, c["group_scale"]).to(self.policy.device) * mask
-            returns = returns_to_go(rewards, mask, float(c["gamma"]))
-        if c["whiten_advantages"]:
-            adv = whiten(adv, mask) * mask
+        use_critic = uses_critic(c)
+        adv, returns = compute_advantages(c, batch, prox, behav, rewards, old_values, mask)
         # The behaviour policy enters the loss only through the decoupled importance weight; V-trace
         # already weights its targets by the (clipped) behaviour ratio.
-        behav_for_loss = behav if (c["off_policy"] == "decoupled" and c["algo"] == "ppo") else None
+        behav_for_loss = behav if (c.off_policy is OffPolicy.decoupled and c.algo is Algo.ppo) else None
 
         # 3. Optimiser updates.
         sums: Dict[str, float] = {}
         n_updates = 0
-        order_gen = torch.Generator().manual_seed(int(c["seed"]) * 1_000_003 + self.step)
+        order_gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.step)
         # Linear warm-up: Adam's first steps move every weight by ~lr whatever the gradient's size, which
         # on a freshly fine-tuned policy is a large, mostly random jump. A function of the step: resumable.
-        lr = float(c["lr"]) * min(1.0, (self.step + 1) / max(1, int(c["warmup_steps"])))
+        lr = c.lr * min(1.0, (self.step + 1) / c.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        for _ in range(int(c["ppo_epochs"])):
+        for _ in range(c.ppo_epochs):
             order = torch.randperm(len(batch), generator=order_gen).tolist()
-            for part in np.array_split(np.asarray(order), int(c["minibatches"])):
+            for part in np.array_split(np.asarray(order), c.minibatches):
                 idx = sorted(int(i) for i in part)
                 mb = batch.rows(idx) if len(idx) < len(batch) else batch
                 cut = mb.mask.shape[1]
@@ -127,29 +114,29 @@ class PPORecipe:
                 logp = self.policy.token_logprobs(logits, mb.model_inputs)
                 pl, pm = ppo_policy_loss(
                     logp, prox[idx, :cut], None if behav_for_loss is None else behav_for_loss[idx, :cut],
-                    adv[idx, :cut], m, clip_low=float(c["clip_low"]), clip_high=float(c["clip_high"]),
-                    behav_cap=c["behav_cap"], behav_mode=c["behav_mode"], agg=c["loss_agg"])
+                    adv[idx, :cut], m, clip_low=c.clip_low, clip_high=c.clip_high,
+                    behav_cap=c.behav_cap, behav_mode=c.behav_mode, agg=c.loss_agg)
                 loss = pl
                 metrics = {"loss/policy": float(pl.detach()), **pm}
                 if use_critic:
                     values = self.value_head(hidden).squeeze(-1)
                     vl, vm = value_loss(values, old_values[idx, :cut], returns[idx, :cut], m,
-                                        clip=c["value_clip"], agg=c["loss_agg"])
-                    loss = loss + float(c["value_coef"]) * vl
+                                        clip=c.value_clip, agg=c.loss_agg)
+                    loss = loss + c.value_coef * vl
                     metrics.update({"loss/value": float(vl.detach()), **vm})
-                ent = aggregate(entropy_from_logits(logits), m, c["loss_agg"])
+                ent = aggregate(entropy_from_logits(logits), m, c.loss_agg)
                 metrics["loss/entropy"] = float(ent.detach())
-                if float(c["entropy_coef"]) > 0:
-                    loss = loss - float(c["entropy_coef"]) * ent
+                if c.entropy_coef > 0:
+                    loss = loss - c.entropy_coef * ent
                 if ref is not None:
-                    kl = aggregate(kl_penalty(logp, ref[idx, :cut], c["kl_estimator"]), m, c["loss_agg"])
-                    loss = loss + float(c["kl_coef"]) * kl
+                    kl = aggregate(kl_penalty(logp, ref[idx, :cut], c.kl_estimator), m, c.loss_agg)
+                    loss = loss + c.kl_coef * kl
                     metrics["kl/ref"] = float(kl.detach())
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 gn = torch.nn.utils.clip_grad_norm_(
                     list(self.policy.model.parameters()) + list(self.value_head.parameters()),
-                    float(c["max_grad_norm"]) if float(c["max_grad_norm"]) > 0 else float("inf"))
+                    c.max_grad_norm if c.max_grad_norm > 0 else float("inf"))
                 self.optimizer.step()
                 metrics.update({"loss/total": float(loss.detach()), "perf/grad_norm": float(gn)})
                 for k, v in metrics.items():
@@ -165,8 +152,8 @@ class PPORecipe:
             sub = batch.rows(rows)
             cut = sub.mask.shape[1]
             new_logp = self.policy.token_logprobs(self.policy.forward(sub.model_inputs)[0], sub.model_inputs)
-            out["kl/update"] = float(aggregate(kl_penalty(new_logp, prox[rows, :cut], "k3"),
-                                               mask[rows, :cut], "token_mean"))
+            out["kl/update"] = float(aggregate(kl_penalty(new_logp, prox[rows, :cut], KLEstimator.k3),
+                                               mask[rows, :cut], LossAgg.token_mean))
             del new_logp
         # Staleness of every trained token: how many versions behind the learner its sampler was.
         tok_versions = batch.versions[batch.mask.bool()]
@@ -191,66 +178,9 @@ class PPORecipe:
         return self.policy.state_dict_for_rollout()
 
     def save_checkpoint(self, out_dir: str | Path, extra: Optional[Dict[str, Any]] = None) -> Path:
-        """``policy/`` loads in transformers and vLLM as it is; ``learner.pt`` holds the critic and the
-        optimiser (tensors only: read back with ``weights_only=True``); ``state.json`` the rest."""
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(tmp / "policy")
-        torch.save({"value_head": self.value_head.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, tmp / "learner.pt")
-        np_state = np.random.get_state()
-        state = {"step": self.step, "reference_path": str(self.reference_path),
-                 "python_rng": _jsonable(random.getstate()),
-                 "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]], **(extra or {})}
-        (tmp / "state.json").write_text(json.dumps(state))
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        tmp.rename(out)  # a crash mid-save leaves the previous checkpoint intact
-        return out
-
-    def _load_state(self, ckpt: Path) -> None:
-        blob = torch.load(ckpt / "learner.pt", map_location=self.policy.device, weights_only=True)
-        self.value_head.load_state_dict(blob["value_head"])
-        self.optimizer.load_state_dict(blob["optimizer"])
-        torch.set_rng_state(blob["torch_rng"])
-        state = json.loads((ckpt / "state.json").read_text())
-        self.step = int(state["step"])
-        random.setstate(_tupled(state["python_rng"]))
-        n = state["numpy_rng"]
-        np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+        """The policy, the critic, the optimiser and every RNG (``learner.checkpoint``), plus ``extra``."""
+        return checkpoint.save_checkpoint(out_dir, self.policy, self.value_head, self.optimizer, self.step,
+                                          self.reference_path, extra)
 
     def cleanup(self) -> None:
         self.reference = None
-
-
-def turn_group_advantages(batch: Batch, scale: str = "none") -> torch.Tensor:
-    """Critic-free, per-turn credit: a token of agent turn k gets (its turn's reward minus the mean of
-    the same turn's reward in the other rollouts of its group) plus (its dialogue reward minus the
-    others' mean). Rollouts of one group play the same scenario, so turn k meets the same user state
-    in all of them: the comparison isolates what this turn did. [B, T-1], 0 off policy tokens."""
-    adv = torch.zeros(batch.turn_idx.shape)
-    dial = group_baseline_advantages(torch.tensor(batch.dialogue_rewards), batch.groups, leave_one_out=True,
-                                     scale=scale)
-    n_turns = max((len(t) for t in batch.turn_rewards), default=0)
-    for k in range(n_turns):
-        rows = [i for i, t in enumerate(batch.turn_rewards) if len(t) > k]
-        a = group_baseline_advantages(torch.tensor([batch.turn_rewards[i][k] for i in rows]),
-                                      [batch.groups[i] for i in rows], leave_one_out=True, scale=scale)
-        for i, v in zip(rows, a.tolist()):
-            adv[i][batch.turn_idx[i] == k] = v + float(dial[i])
-    return adv
-
-
-def read_checkpoint_state(ckpt: str | Path) -> Dict[str, Any]:
-    return json.loads((Path(ckpt) / "state.json").read_text())
-
-
-def _jsonable(x):
-    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
-
-
-def _tupled(x):
-    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x

@@ -6,9 +6,17 @@
             return [Score(-len(t.text) / 100) for _, t in agent_turns(traj)]
 
 Components are listed and weighted in the ``reward`` config (``_target_``, weight, scope, timeout,
-normalisation); the service calls ``score_batch`` with a batch of trajectories. Override
+normalisation, ``params``); the service calls ``score_batch`` with a batch of trajectories. Override
 ``score_batch`` (sync or ``async``) to batch a model's forward passes across trajectories; otherwise
 ``score`` is called per trajectory in a worker thread.
+
+Parameters: the entry's ``params`` are the constructor's keyword arguments. A component may declare them
+as a dataclass, ``Params = MyParams``: they are then checked and typed against it when the config is
+composed -- ``reward.components[2].params.threshold='high': ...`` before anything starts, Enum fields
+accept only their members, a ``__post_init__`` may check ranges, a field marked
+``metadata={"path": True}`` must name an existing file -- and the component is constructed with every field
+of it as a keyword argument (the dataclass's defaults are the defaults). Without ``Params`` the values
+must bind to the constructor's signature.
 """
 from __future__ import annotations
 
@@ -58,6 +66,7 @@ class RewardComponent(abc.ABC):
     """Subclass and implement ``score`` (or ``score_batch``). ``name`` defaults to the class name."""
 
     scope: str = "turn"
+    Params: Optional[type] = None  # a parameters dataclass (see the module docstring), or None
 
     def __init__(self, name: Optional[str] = None):
         self.name = name or type(self).__name__

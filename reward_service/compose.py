@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from antiphon.config.schema import Normalize, OnError, RewardComponentConfig
 from antiphon.protocol import Rewards, Trajectory
 from reward_service.component import SCOPES, RewardComponent, Score
 
@@ -43,8 +44,8 @@ class ComponentSpec:
     component: RewardComponent
     weight: float = 1.0
     timeout_s: float = 30.0
-    normalize: str = "none"  # none | running
-    on_error: str = "drop"  # drop | fallback
+    normalize: Normalize = Normalize.none
+    on_error: OnError = OnError.drop
     fallback: float = 0.0
     norm: RunningNorm = field(default_factory=RunningNorm)
 
@@ -107,13 +108,13 @@ async def score(trajs: Sequence[Trajectory], specs: Sequence[ComponentSpec]
             else:
                 why = res
             if status != "ok":
-                if spec.on_error == "drop":
+                if spec.on_error is OnError.drop:
                     drop = drop or f"{spec.name}:{status}"
                 scores = [Score(float(spec.fallback), {"fallback_for": why})] * n
-                status = f"fallback({status})" if spec.on_error == "fallback" else status
+                status = f"fallback({status})" if spec.on_error is OnError.fallback else status
             raw = [float(s.value) for s in scores]
             applicable = [s.details.get("applicable", True) is not False for s in scores]
-            if spec.normalize == "running" and status == "ok":
+            if spec.normalize is Normalize.running and status == "ok":
                 spec.norm.update([x for x, a in zip(raw, applicable) if a])
                 norm = [spec.norm.apply(x) if a else 0.0 for x, a in zip(raw, applicable)]
             else:
@@ -132,27 +133,36 @@ async def score(trajs: Sequence[Trajectory], specs: Sequence[ComponentSpec]
     return out
 
 
-def build_specs(component_cfgs: Sequence[Dict[str, Any]]) -> List[ComponentSpec]:
-    """From the ``reward.components`` config (plain dicts). Raises ValueError naming the entry."""
+def build_specs(component_cfgs: Sequence[RewardComponentConfig]) -> List[ComponentSpec]:
+    """From the ``reward.components`` config (the schema's dataclasses, or mappings read through it). A class that declares a ``Params`` dataclass is built with its
+    fields, checked and typed (``antiphon.config.check_params``); any other with ``params`` as keyword
+    arguments. Raises ValueError naming the entry."""
     from hydra.utils import get_class
+
+    from antiphon.config import check_params, declared_params, to_dataclass
 
     specs, names = [], set()
     for k, c in enumerate(component_cfgs):
         where = f"reward.components[{k}]"
-        cls = get_class(c["_target_"])
+        c = to_dataclass(c, RewardComponentConfig)  # a mapping given by hand goes through the schema too
+        cls = get_class(c._target_)
         if not (isinstance(cls, type) and issubclass(cls, RewardComponent)):
-            raise ValueError(f"{where}._target_={c['_target_']!r}: not a RewardComponent")
-        comp = cls(**dict(c.get("params") or {}))
-        if c.get("name"):
-            comp.name = c["name"]
+            raise ValueError(f"{where}._target_={c._target_!r}: not a RewardComponent")
+        params = dict(c.params)
+        if declared_params(cls) is not None:
+            params, errors = check_params(cls, params, f"{where}.params")
+            if errors:
+                raise ValueError("\n  ".join(errors))
+        comp = cls(**params)
+        if c.name:
+            comp.name = c.name
         if comp.scope not in SCOPES:
             raise ValueError(f"{where}: scope {comp.scope!r} is not one of {SCOPES}")
-        if c.get("scope") and c["scope"] != comp.scope:
-            raise ValueError(f"{where}.scope={c['scope']!r}: {cls.__name__} scores per {comp.scope}")
+        if c.scope is not None and c.scope != comp.scope:
+            raise ValueError(f"{where}.scope={c.scope.value!r}: {cls.__name__} scores per {comp.scope}")
         if comp.name in names:
             raise ValueError(f"{where}.name={comp.name!r}: two components with one name")
         names.add(comp.name)
-        specs.append(ComponentSpec(comp, weight=float(c.get("weight", 1.0)), timeout_s=float(c.get("timeout_s", 30)),
-                                   normalize=str(c.get("normalize", "none")), on_error=str(c.get("on_error", "drop")),
-                                   fallback=float(c.get("fallback", 0.0))))
+        specs.append(ComponentSpec(comp, weight=c.weight, timeout_s=c.timeout_s, normalize=c.normalize,
+                                   on_error=c.on_error, fallback=c.fallback))
     return specs

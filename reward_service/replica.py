@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Dict, List, Optional, Tuple
 
+from antiphon.config.schema import RewardConfig
+
 
 class RewardReplica:
-    def __init__(self, transport_cfg: Dict[str, Any], reward_cfg: Dict[str, Any], name: str):
+    def __init__(self, transport_cfg: Dict[str, Any], reward_cfg: RewardConfig, name: str):
         from antiphon.affinity import pin_process
+        from antiphon.config import to_dataclass
 
-        pin_process(reward_cfg.get("cpu_affinity"), "reward.cpu_affinity")
+        reward_cfg = to_dataclass(reward_cfg, RewardConfig)
+        pin_process(reward_cfg.cpu_affinity, "reward.cpu_affinity")
         self.transport_cfg, self.reward_cfg, self.name = transport_cfg, reward_cfg, name
         self._stop: Optional[asyncio.Event] = None
 
@@ -25,13 +29,16 @@ class RewardReplica:
             self._stop.set()
 
 
-def launch_replicas(transport_cfg: Dict[str, Any], reward_cfg: Dict[str, Any],
+def launch_replicas(transport_cfg: Dict[str, Any], reward_cfg: RewardConfig,
                     num_cpus: float = 0.5) -> Tuple[List[Any], List[Any]]:
     """Starts ``reward.replicas`` actors serving the run's stream; returns (actors, their run refs)."""
     import ray
 
+    from antiphon.config import to_dataclass
+
     cls = ray.remote(RewardReplica).options(num_cpus=num_cpus, max_concurrency=4)
-    actors = [cls.remote(transport_cfg, reward_cfg, f"reward-{i}") for i in range(int(reward_cfg["replicas"]))]
+    reward_cfg = to_dataclass(reward_cfg, RewardConfig)
+    actors = [cls.remote(transport_cfg, reward_cfg, f"reward-{i}") for i in range(reward_cfg.replicas)]
     return actors, [a.run.remote() for a in actors]
 
 

@@ -127,3 +127,45 @@ def make_scored_dialogue(policy, rng, tid: str, group=0, n_turns: int = 2, versi
              "done": {"scope": "dialogue", "weight": 1.0, "status": "ok", "raw": [dialogue_reward],
                       "norm": [dialogue_reward], "applicable": [True]}}
     return ScoredTrajectory(traj, Rewards(turn=rewards, dialogue=dialogue_reward, components=comps))
+
+
+# -- a simulator that declares its parameters (config tests) ---------------------------------------------
+from dataclasses import dataclass as _dataclass  # noqa: E402
+from dataclasses import field as _field  # noqa: E402
+from typing import Optional as _Optional  # noqa: E402
+
+from antiphon.dialogue import UserSimulator  # noqa: E402
+
+
+@_dataclass
+class CountingParams:
+    turns: int = 2
+    seed: int = 0  # offered from the schema's simulator.seed
+    script: _Optional[str] = _field(default=None, metadata={"path": True})  # must exist when given
+
+    def __post_init__(self):
+        if self.turns < 1:
+            raise ValueError(f"turns={self.turns} must be >= 1")
+
+
+class CountingSimulator(UserSimulator):
+    """Says its turn number ``turns`` times, silently; checks of ``Params`` are what tests look at."""
+
+    Params = CountingParams
+
+    def __init__(self, turns: int = CountingParams.turns, seed: int = 0, script: _Optional[str] = None):
+        self.turns, self.seed, self.script, self.said = turns, seed, script, 0
+
+    async def _say(self):
+        import numpy as np
+
+        from antiphon.dialogue import UserTurn
+
+        self.said += 1
+        return UserTurn(str(self.said), np.zeros(160, np.float32), 16000, done=self.said > self.turns)
+
+    async def start(self, scenario):
+        return await self._say()
+
+    async def react(self, agent):
+        return await self._say()

@@ -5,14 +5,16 @@ Importable without torch, vLLM or Ray.
 from __future__ import annotations
 
 import importlib.resources
-from typing import Any, Iterable, List
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from antiphon.config.schema import GROUP_SCHEMAS, AntiphonConfig
+from antiphon.config.schema import (GROUP_SCHEMAS, Algo, AntiphonConfig, Device, Estimator, Mode, OffPolicy,
+                                    SimulatorConfig, WeightSync)
 
-__all__ = ["ConfigError", "AntiphonConfig", "register", "config_dir", "compose", "validate"]
+__all__ = ["ConfigError", "AntiphonConfig", "register", "config_dir", "compose", "validate", "to_dataclass",
+           "check_params", "declared_params"]
 
 
 class ConfigError(ValueError):
@@ -63,10 +65,22 @@ def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictC
     """Compose the config as the CLI would (without a Hydra run directory), then validate it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
 
     register()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        try:
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        except ConfigCompositionException as e:
+            cause = e.__cause__
+            if not (isinstance(cause, OmegaConfBaseException) and cause.full_key):
+                raise
+            # A wrong type, a value outside a choice field's members, or a key the schema lacks, as
+            # ``key=value: why`` (Hydra's own message would suggest ``+key=...``, which validate rejects).
+            why = str(cause.msg).splitlines()[0]
+            where = cause.full_key if cause.value is None else f"{cause.full_key}={cause.value!r}"
+            raise ConfigError(f"invalid config:\n  {where}: {why}") from e
     validate(cfg)
     return cfg
 
@@ -102,19 +116,70 @@ def _check_targets(cfg: DictConfig) -> List[str]:
 
 
 def _check_component_params(cfg: DictConfig) -> List[str]:
-    """Each reward component's ``params`` must bind to its constructor (caught here, not in a replica)."""
+    """Each reward component's ``params`` must fit its ``Params`` dataclass when the class declares one,
+    else bind to its constructor (caught here, not in a replica)."""
     import inspect
 
     from hydra.utils import get_class
 
     errors = []
     for k, c in enumerate(cfg.reward.components):
+        where = f"reward.components[{k}].params"
         params = OmegaConf.to_container(c.params, resolve=True)
+        cls = get_class(c._target_)
+        if declared_params(cls) is not None:
+            errors += [e for e in check_params(cls, params, where)[1]]
+            continue
         try:
-            inspect.signature(get_class(c._target_)).bind(**params)
+            inspect.signature(cls).bind(**params)
         except TypeError as e:
-            errors.append(f"reward.components[{k}].params={params!r}: {c._target_} {e}")
+            errors.append(f"{where}={params!r}: {c._target_} {e}")
     return errors
+
+
+def declared_params(cls: Any) -> Any:
+    """The parameters dataclass a reward component or simulator class declares (``Params = ...``), or None."""
+    import dataclasses
+
+    p = getattr(cls, "Params", None)
+    return p if isinstance(p, type) and dataclasses.is_dataclass(p) else None
+
+
+def check_params(cls: Any, given: Dict[str, Any], where: str) -> Tuple[Dict[str, Any], List[str]]:
+    """``given`` checked against ``cls.Params``: unknown keys, wrong types and missing required fields
+    are errors named ``<where>.<key>=<value>: why`` (``where`` is the config path, e.g.
+    ``reward.components[2].params`` or ``simulator``). Returns (every field's typed value, errors); the
+    values are the Params instance's fields, so its defaults are the only defaults."""
+    import dataclasses
+
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = declared_params(cls)
+    fields = {f.name for f in dataclasses.fields(schema)}
+    errors = []
+    for k, v in given.items():
+        if k not in fields:
+            errors.append(f"{where}.{k}={v!r}: {cls.__name__}.Params has no field {k!r}"
+                          f"{_did_you_mean(k, fields)} (fields: {', '.join(sorted(fields)) or 'none'})")
+    if errors:
+        return {}, errors
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(schema), given)
+        obj = OmegaConf.to_object(node)
+    except OmegaConfBaseException as e:
+        key = e.full_key or "?"
+        value = given.get(key.split(".")[0], "???")
+        return {}, [f"{where}.{key}={value!r}: {str(e.msg).splitlines()[0]} ({cls.__name__}.Params)"]
+    except (TypeError, ValueError) as e:  # a range check in Params.__post_init__
+        return {}, [f"{where}={given!r}: {e} ({cls.__name__}.Params)"]
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(schema)}, []
+
+
+def _did_you_mean(key: str, choices: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _require(errors: List[str], ok: bool, key: str, value: Any, why: str) -> None:
@@ -122,12 +187,17 @@ def _require(errors: List[str], ok: bool, key: str, value: Any, why: str) -> Non
         errors.append(f"{key}={value!r}: {why}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks a composed config beyond types: ranges, cross-field rules, importable ``_target_``s.
+def validate(cfg: DictConfig, extra_keys: Iterable[str] = ()) -> None:
+    """Checks a composed config beyond types: no key the schema does not know, ranges, cross-field rules,
+    importable ``_target_``s, simulator and reward component parameters, and that every file it names
+    exists -- all before anything starts. ``extra_keys``: top-level keys an entry point reads itself
+    (e.g. ``+replica`` for ``reward_service.serve``).
 
     Raises ConfigError listing every problem, each as ``key=value: why``.
     """
-    errors: List[str] = []
+    errors: List[str] = _check_closed(cfg, set(extra_keys))
+    if errors:  # a misspelt key: the checks below would only add noise about the value it was meant to set
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     r, m = cfg.rollout, cfg.model
     _require(errors, r.num_workers >= 1, "rollout.num_workers", r.num_workers, "must be >= 1")
     _require(errors, r.max_num_seqs >= 1, "rollout.max_num_seqs", r.max_num_seqs, "must be >= 1")
@@ -139,7 +209,7 @@ def validate(cfg: DictConfig) -> None:
     _require(errors, r.kv_cache_gib > 0, "rollout.kv_cache_gib", r.kv_cache_gib, "must be > 0")
     _require(errors, 0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization",
              r.gpu_memory_utilization, "must be in (0, 1]")
-    _require(errors, r.device.value == "cuda" or r.num_gpus_per_worker == 0, "rollout.num_gpus_per_worker",
+    _require(errors, r.device is Device.cuda or r.num_gpus_per_worker == 0, "rollout.num_gpus_per_worker",
              r.num_gpus_per_worker, "must be 0 when rollout.device=cpu")
     _require(errors, r.max_new_tokens < m.max_model_len, "rollout.max_new_tokens", r.max_new_tokens,
              f"must be below model.max_model_len={m.max_model_len}")
@@ -154,38 +224,109 @@ def validate(cfg: DictConfig) -> None:
                  t.num_key_value_heads,
                  f"must divide model.tiny.num_attention_heads={t.num_attention_heads}")
     _require(errors, cfg.learner.lr > 0, "learner.lr", cfg.learner.lr, "must be > 0")
-    errors += _check_learner(cfg.learner, r)
+    errors += _check_learner(cfg.learner)
     rw = cfg.reward
     _require(errors, rw.replicas >= 1, "reward.replicas", rw.replicas, "must be >= 1")
     _require(errors, rw.batch_size >= 1, "reward.batch_size", rw.batch_size, "must be >= 1")
     for k, c in enumerate(rw.components):
         _require(errors, c.timeout_s > 0, f"reward.components[{k}].timeout_s", c.timeout_s, "must be > 0")
-        _require(errors, c.scope in (None, "turn", "dialogue"), f"reward.components[{k}].scope", c.scope,
-                 "must be turn or dialogue")
     target_errors = _check_targets(cfg)
     errors += target_errors
     if not any(e.startswith("simulator._target_") for e in target_errors):
         try:
             from antiphon.dialogue import simulator_factory
 
-            simulator_factory(OmegaConf.to_container(cfg.simulator, resolve=True, enum_to_str=True), m.sample_rate)
+            simulator_factory(to_dataclass(cfg.simulator), m.sample_rate)
         except ValueError as e:
             errors.append(str(e))
     if not target_errors:
         errors += _check_component_params(cfg)
+    errors += _check_files(cfg)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
 
-def _check_learner(lr: DictConfig, rollout: DictConfig) -> List[str]:
+def _check_closed(cfg: DictConfig, extra_keys: set) -> List[str]:
+    """Every key must be one the schema declares. Hydra lets ``+group.key=...`` add any key to a typed
+    group (its own hint for a misspelt one), which would then be silently ignored; here it is an error.
+    The extension points take keys the schema cannot know: ``simulator`` (the simulator class's own
+    parameters, checked against it in ``simulator_factory``) and every ``params`` mapping."""
+    import dataclasses
+
     errors: List[str] = []
-    choices = {"mode": ("async", "sync"), "weight_sync": ("object_store", "nccl"), "algo": ("ppo", "appo"),
-               "estimator": ("gae", "group"), "group_scale": ("none", "std"), "group_credit": ("turn", "dialogue"),
-               "reward_norm": ("none", "batch"),
-               "off_policy": ("decoupled", "none"), "behav_mode": ("truncate", "mask"), "kl_estimator": ("k1", "k3"),
-               "loss_agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")}
-    for key, allowed in choices.items():
-        _require(errors, lr[key] in allowed, f"learner.{key}", lr[key], f"must be one of {', '.join(allowed)}")
+
+    def visit(node: Any, path: str) -> None:
+        if isinstance(node, ListConfig):
+            for i in range(len(node)):
+                visit(node._get_node(i), f"{path}[{i}]")
+            return
+        if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():
+            return
+        schema = OmegaConf.get_type(node)
+        if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+            return  # a plain mapping (component params, agent_voice, env): free-form by design
+        fields = {f.name for f in dataclasses.fields(schema)}
+        for key in node.keys():
+            child = f"{path}.{key}" if path else str(key)
+            if key in fields:
+                visit(node._get_node(key), child)
+            elif schema is SimulatorConfig or (not path and key in extra_keys):
+                continue
+            else:
+                value = node._get_node(key)
+                shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else \
+                    value._value()
+                errors.append(f"{child}={shown!r}: unknown key ({schema.__name__} has no field {key!r}"
+                              f"{_did_you_mean(str(key), fields)})")
+
+    visit(cfg, "")
+    return errors
+
+
+def _check_files(cfg: DictConfig) -> List[str]:
+    """Every file or directory the config names must exist now, not after the cold start has run."""
+    import os
+
+    from hydra.utils import get_class
+
+    named = [("resume", cfg.resume), ("model.path", cfg.model.path),
+             ("simulator.scenarios", cfg.simulator.scenarios),
+             ("transport.password_file", cfg.transport.password_file)]
+    sim = to_dataclass(cfg.simulator)
+    try:
+        sim_cls = get_class(sim._target_)
+    except Exception:  # reported by _check_targets
+        sim_cls = None
+    named += [(f"simulator.{k}", v) for k, v in sim.params.items() if _names_a_file(sim_cls, k)]
+    for i, c in enumerate(cfg.reward.components):
+        try:
+            cls = get_class(c._target_)
+        except Exception:
+            continue
+        params = OmegaConf.to_container(c.params, resolve=True)
+        named += [(f"reward.components[{i}].params.{k}", v) for k, v in params.items() if _names_a_file(cls, k)]
+    return [f"{key}={value!r}: no such file or directory" for key, value in named
+            if value is not None and not os.path.exists(os.path.expanduser(str(value)))]
+
+
+# A simulator or reward component parameter with one of these names names a file or directory that must
+# exist; a Params dataclass can mark any other field with ``metadata={"path": True}``.
+FILE_PARAMS = ("path", "manifest")
+
+
+def _names_a_file(cls: Any, key: str) -> bool:
+    import dataclasses
+
+    schema = declared_params(cls) if cls is not None else None
+    if schema is not None:
+        for f in dataclasses.fields(schema):
+            if f.name == key and f.metadata.get("path"):
+                return True
+    return key in FILE_PARAMS
+
+
+def _check_learner(lr: DictConfig) -> List[str]:
+    errors: List[str] = []
     for key in ("steps", "batch_size", "group_size", "ppo_epochs", "minibatches", "broadcast_every",
                 "checkpoint_every", "log_samples_every", "num_threads", "warmup_steps"):
         _require(errors, lr[key] >= 1, f"learner.{key}", lr[key], "must be >= 1")
@@ -194,8 +335,8 @@ def _check_learner(lr: DictConfig, rollout: DictConfig) -> List[str]:
              f"must be a multiple of learner.group_size={lr.group_size} (a batch holds whole groups)")
     _require(errors, lr.batch_size % lr.minibatches == 0, "learner.minibatches", lr.minibatches,
              f"must divide learner.batch_size={lr.batch_size}")
-    _require(errors, lr.estimator != "group" or lr.group_size >= 2, "learner.group_size", lr.group_size,
-             "must be >= 2 with learner.estimator=group (a lone rollout has no baseline)")
+    _require(errors, lr.estimator is not Estimator.group or lr.group_size >= 2, "learner.group_size",
+             lr.group_size, "must be >= 2 with learner.estimator=group (a lone rollout has no baseline)")
     for key in ("batch_timeout_s", "group_wait_s"):
         _require(errors, lr[key] > 0, f"learner.{key}", lr[key], "must be > 0 (seconds)")
     _require(errors, 0 < lr.gamma <= 1, "learner.gamma", lr.gamma, "must be in (0, 1]")
@@ -210,15 +351,15 @@ def _check_learner(lr: DictConfig, rollout: DictConfig) -> List[str]:
              "must be > 0 (or null for no clip)")
     # Stale tokens were sampled by an older policy: without a correction the PPO ratio is against the
     # wrong distribution. Sync mode is on-policy by construction.
-    _require(errors, lr.mode == "sync" or lr.max_staleness == 0 or lr.off_policy != "none" or lr.algo == "appo",
-             "learner.off_policy", lr.off_policy,
+    _require(errors, lr.mode is Mode.sync or lr.max_staleness == 0 or lr.off_policy is not OffPolicy.none
+             or lr.algo is Algo.appo, "learner.off_policy", lr.off_policy.value,
              f"learner.max_staleness={lr.max_staleness} trains on stale tokens and needs an off-policy correction "
              "(learner.off_policy=decoupled or learner.algo=appo), or set learner.max_staleness=0")
-    if lr.weight_sync == "nccl":
+    if lr.weight_sync is WeightSync.nccl:
         from antiphon.weight_sync.nccl import UNAVAILABLE
 
         errors.append(f"learner.weight_sync='nccl': {UNAVAILABLE.split(' is ', 1)[1]}")
-    _require(errors, lr.device.value == "cuda" or lr.num_gpus == 0, "learner.num_gpus", lr.num_gpus,
+    _require(errors, lr.device is Device.cuda or lr.num_gpus == 0, "learner.num_gpus", lr.num_gpus,
              "must be 0 when learner.device=cpu")
     cs = lr.cold_start
     for key in ("dialogues", "epochs", "batch_size"):
@@ -227,6 +368,42 @@ def _check_learner(lr: DictConfig, rollout: DictConfig) -> List[str]:
     return errors
 
 
+def to_dataclass(node: Any, schema: Optional[type] = None) -> Any:
+    """A config node (the root or any group) as the schema's dataclass, interpolations resolved: what the
+    parts receive (``AntiphonConfig``, ``LearnerConfig``, ``RewardConfig``, ...). The simulator's
+    ``+simulator.<key>`` values are gathered into ``SimulatorConfig.params``.
+
+    A part's entry point called from code (a test, a notebook) may be handed a plain mapping instead: with
+    ``schema`` it goes through the schema -- its types, Enum choices and defaults -- into the same
+    dataclass (an instance of ``schema`` is returned as it is), so the parts have one typed path.
+    """
+    import dataclasses
+
+    if schema is not None and isinstance(node, schema):
+        return node
+    if schema is not None and not isinstance(node, DictConfig):
+        data = dict(node)
+        if schema is SimulatorConfig:
+            known = {f.name for f in dataclasses.fields(SimulatorConfig)}
+            extra = {k: data.pop(k) for k in list(data) if k not in known}
+            data["params"] = {**dict(data.get("params") or {}), **extra}
+        node = OmegaConf.merge(OmegaConf.structured(schema), data)
+    obj = OmegaConf.to_object(node)
+
+    def gather(x: Any) -> None:
+        if isinstance(x, SimulatorConfig):
+            fields = {f.name for f in dataclasses.fields(x)}
+            for k in [k for k in vars(x) if k not in fields]:
+                x.params[k] = vars(x).pop(k)
+        elif dataclasses.is_dataclass(x):
+            for f in dataclasses.fields(x):
+                gather(getattr(x, f.name))
+
+    gather(obj)
+    return obj
+
+
 def to_plain(node: Any) -> Any:
-    """A resolved config node as plain dicts/lists/strings (enums by name): what crosses to actors."""
+    """Transitional: a resolved config node as plain containers, for call sites not yet on
+    :func:`to_dataclass`. Removed once none is left."""
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True)

@@ -12,12 +12,21 @@ from enum import Enum
 from typing import Any, Dict, List, Optional
 
 
-class Device(str, Enum):
+class Choice(str, Enum):
+    """A choice field's value. Hydra rejects any other value at composition, naming the key and the
+    choices, and the parts compare members, never strings. Each member's name is its value (what YAML and
+    the CLI write); the ``str`` mixin and ``__str__`` make a member read, print and serialise as that word."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Device(Choice):
     cpu = "cpu"
     cuda = "cuda"
 
 
-class AudioInput(str, Enum):
+class AudioInput(Choice):
     # Rollout workers encode each clip over its own frames and hand the engine embeddings (exactly the
     # full-window result, far cheaper for short turns; see antiphon/model/audio.py) ...
     embeddings = "embeddings"
@@ -25,10 +34,85 @@ class AudioInput(str, Enum):
     waveform = "waveform"
 
 
-class DType(str, Enum):
+class DType(Choice):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
+
+
+# ``async`` is a Python keyword, hence the functional form; in code: ``Mode["async"]``, ``Mode.sync``.
+Mode = Choice("Mode", {"async": "async", "sync": "sync"}, module=__name__)
+Mode.__doc__ = "async: generation and training overlap (bounded staleness); sync: generate -> score -> train in turn"
+
+
+class WeightSync(Choice):
+    object_store = "object_store"  # one ray.put per version, every worker reads it (antiphon/weight_sync)
+    nccl = "nccl"  # the interface for GPU clusters, not built yet
+
+
+class Algo(Choice):
+    ppo = "ppo"  # GAE or group baseline advantages
+    appo = "appo"  # V-trace targets
+
+
+class Estimator(Choice):
+    gae = "gae"  # learned critic
+    group = "group"  # critic-free, leave-one-out over group_size rollouts of one scenario
+
+
+class GroupScale(Choice):
+    none = "none"  # RLOO
+    std = "std"  # GRPO: divide by the group's standard deviation
+
+
+class GroupCredit(Choice):
+    turn = "turn"  # per-turn leave-one-out (plus the dialogue reward's)
+    dialogue = "dialogue"  # the dialogue's total reward for every token
+
+
+class RewardNorm(Choice):
+    none = "none"  # the reward service's composition as it is
+    batch = "batch"  # z-score each component over the batch, then weight
+
+
+class OffPolicy(Choice):
+    decoupled = "decoupled"  # proximal policy + capped behaviour importance weight
+    none = "none"
+
+
+class BehavMode(Choice):
+    truncate = "truncate"  # w = min(w, cap)
+    mask = "mask"  # tokens with w above the cap leave the loss
+
+
+class KLEstimator(Choice):
+    k1 = "k1"
+    k3 = "k3"
+
+
+class LossAgg(Choice):
+    token_mean = "token_mean"
+    seq_mean_token_mean = "seq_mean_token_mean"
+    seq_mean_token_sum = "seq_mean_token_sum"
+
+
+class AppendFsync(Choice):
+    always = "always"
+    everysec = "everysec"
+    no = "no"
+
+
+class Scope(Choice):
+    turn = "turn"
+    dialogue = "dialogue"
+
+
+class LogLevel(Choice):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
 
 
 @dataclass
@@ -98,9 +182,14 @@ class RolloutConfig:
                                                                  "name": "espeak"})
     startup_timeout_s: float = 300.0
     cpu_affinity: Optional[List[int]] = None  # pin rollout workers to these cores (see antiphon/affinity.py)
-    log_level: str = "ERROR"  # vLLM's own logging inside the workers (VLLM_LOGGING_LEVEL)
+    log_level: LogLevel = LogLevel.ERROR  # vLLM's own logging inside the workers (VLLM_LOGGING_LEVEL)
     # Extra environment for the worker processes (merged over antiphon's CPU defaults).
     env: Dict[str, str] = field(default_factory=dict)
+
+
+class VoiceName(Choice):
+    espeak = "espeak"  # fast, exact prosody control, deterministic
+    piper = "piper"  # natural
 
 
 @dataclass
@@ -108,23 +197,28 @@ class SimulatorConfig:
     # The user side of each dialogue: any importable UserSimulator class, one instance per dialogue.
     #   simulator._target_=my_pkg.MySim +simulator.my_param=3
     # The class receives those of the keys below that its constructor accepts (plus ``sample_rate`` =
-    # model.sample_rate if it takes one), and every key added with ``+``.
+    # model.sample_rate if it takes one), and every key added with ``+`` -- the one place where the config
+    # takes keys the schema does not list, checked at compose time against the class's ``Params`` dataclass
+    # (antiphon.dialogue.UserSimulator) or else its constructor.
     _target_: str = "simulator.scripted.ScriptedSimulator"
-    voice: str = "espeak"  # the user's voice (simulator.voices: espeak | piper)
+    voice: VoiceName = VoiceName.espeak  # the user's voice (simulator.voices)
     seed: int = 0
     # Scenario source: a JSONL file (simulator.scenarios format), or unset to generate num_scenarios
     # deterministically from ``seed``.
     scenarios: Optional[str] = None
     num_scenarios: int = 1000
     max_turns: int = 3  # agent turns per generated scenario
+    # The ``+simulator.<key>`` values: antiphon.config.to_dataclass gathers the keys the schema does not
+    # list here (``simulator.params.<key>`` is the same thing spelt in full).
+    params: Dict[str, Any] = field(default_factory=dict)
 
 
-class Normalize(str, Enum):
+class Normalize(Choice):
     none = "none"
     running = "running"  # running mean/std of the component's values over the service's lifetime
 
 
-class OnError(str, Enum):
+class OnError(Choice):
     drop = "drop"  # the trajectory is dropped, counted under the component's name and failure
     fallback = "fallback"  # the component's value becomes ``fallback``, recorded as such
 
@@ -134,12 +228,14 @@ class RewardComponentConfig:
     _target_: str = "???"  # a reward_service.component.RewardComponent subclass
     name: Optional[str] = None  # default: the class name; shows as reward/<name>
     weight: float = 1.0
-    scope: Optional[str] = None  # optional check: "turn" | "dialogue" (the class decides)
+    scope: Optional[Scope] = None  # optional check: turn | dialogue (the class decides)
     timeout_s: float = 30.0
     normalize: Normalize = Normalize.none
     on_error: OnError = OnError.drop
     fallback: float = 0.0
-    params: Dict[str, Any] = field(default_factory=dict)  # constructor arguments
+    # Constructor arguments; checked at compose time against the class's ``Params`` dataclass when it
+    # declares one (reward_service.component.RewardComponent), else against its constructor's signature.
+    params: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,6 +260,10 @@ class ColdStartConfig:
     lr: float = 3.0e-3  # warm-up then cosine to lr/10; measured in learner/cold_start.py
     batch_size: int = 4
     seed: int = 0
+    warmup: float = 0.1  # share of the optimiser steps spent warming the lr up
+    weight_decay: float = 0.0
+    train_audio: bool = False  # the audio tower and projector stay as they are: nothing here is about hearing
+    eval_prompts: int = 32  # held-out first turns sampled once each after training (the format check); 0: skip
 
 
 @dataclass
@@ -180,7 +280,7 @@ class LearnerConfig:
     num_threads: int = 1  # torch intra-op threads on CPU
     cpu_affinity: Optional[List[int]] = None  # pin the learner to these cores (see antiphon/affinity.py)
     # -- schedule ------------------------------------------------------------------------------
-    mode: str = "async"  # async | sync (generate -> score -> train strictly in turn)
+    mode: Mode = Mode["async"]  # async | sync (generate -> score -> train strictly in turn)
     steps: int = 30  # learner steps (one batch each) in the run
     batch_size: int = 16  # trajectories per learner step
     group_size: int = 4  # rollouts per scenario (consecutive admissions share one scenario)
@@ -188,28 +288,28 @@ class LearnerConfig:
     ppo_epochs: int = 1  # passes over each batch
     minibatches: int = 1  # optimiser steps per pass
     broadcast_every: int = 1  # learner steps per weight version pushed to the rollout workers
-    weight_sync: str = "object_store"  # object_store | nccl (see antiphon/weight_sync)
+    weight_sync: WeightSync = WeightSync.object_store  # object_store | nccl (see antiphon/weight_sync)
     # -- advantages ----------------------------------------------------------------------------
-    algo: str = "ppo"  # ppo (GAE or group baseline) | appo (V-trace targets from ray.rllib)
-    estimator: str = "gae"  # gae (learned critic) | group (critic-free, leave-one-out over group_size rollouts)
+    algo: Algo = Algo.ppo  # ppo (GAE or group baseline) | appo (V-trace targets from ray.rllib)
+    estimator: Estimator = Estimator.gae
     gamma: float = 1.0
     lam: float = 1.0
-    group_scale: str = "none"  # group estimator: none (RLOO) | std (GRPO)
-    group_credit: str = "turn"  # group estimator: turn (per-turn leave-one-out) | dialogue (total reward)
+    group_scale: GroupScale = GroupScale.none  # group estimator: none (RLOO) | std (GRPO)
+    group_credit: GroupCredit = GroupCredit.turn  # group estimator only
     whiten_advantages: bool = True
-    reward_norm: str = "none"  # none (the service's composition) | batch (z-score each component over the batch)
+    reward_norm: RewardNorm = RewardNorm.none
     # -- loss ----------------------------------------------------------------------------------
-    off_policy: str = "decoupled"  # decoupled (proximal + capped behaviour weights) | none
+    off_policy: OffPolicy = OffPolicy.decoupled  # decoupled (proximal + capped behaviour weights) | none
     clip_low: float = 0.2
     clip_high: float = 0.28
     behav_cap: Optional[float] = 5.0  # cap on the behaviour importance weight pi_prox / pi_behav
-    behav_mode: str = "truncate"  # truncate (w = min(w, cap)) | mask (tokens above the cap leave the loss)
+    behav_mode: BehavMode = BehavMode.truncate
     value_coef: float = 0.5
     value_clip: Optional[float] = 0.2
     kl_coef: float = 0.0  # KL to the frozen reference (the cold-start policy)
-    kl_estimator: str = "k3"  # k1 | k3
+    kl_estimator: KLEstimator = KLEstimator.k3  # k1 | k3
     entropy_coef: float = 0.0
-    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum
+    loss_agg: LossAgg = LossAgg.token_mean  # token_mean | seq_mean_token_mean | seq_mean_token_sum
     vtrace_clip_rho: float = 1.0
     vtrace_clip_pg_rho: float = 1.0
     # -- outputs -------------------------------------------------------------------------------
@@ -234,7 +334,7 @@ class TransportConfig:
     dead_letter_maxlen: int = 10000  # approximate cap on the dead-letter stream (its counters stay exact)
     dedupe_ttl_s: int = 86400  # how long a publish idempotency key is remembered
     socket_timeout_s: Optional[float] = 60.0  # per command; blocking reads stay below it
-    appendfsync: str = "everysec"  # embedded server only: always | everysec | no
+    appendfsync: AppendFsync = AppendFsync.everysec  # embedded server only: always | everysec | no
     data_dir: Optional[str] = None  # embedded server only; unset: <run dir>/valkey
 
 

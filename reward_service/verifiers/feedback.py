@@ -2,13 +2,25 @@
 contract), carried by the user turn that reacted to it."""
 from __future__ import annotations
 
-from typing import List, Optional
+from dataclasses import dataclass
+from enum import Enum
+from typing import List, Optional, Union
 
 from antiphon.protocol import Trajectory
 from reward_service.component import RewardComponent, Score, agent_turns, next_user_turn
 from reward_service.verifiers.common import not_applicable
 
-MODES = ("mean", "last")
+class SatisfactionMode(str, Enum):
+    mean = "mean"  # the mean of the feedback on the dialogue's agent turns
+    last = "last"  # the last feedback given
+
+
+@dataclass
+class SatisfactionParams:
+    """``DialogueSatisfaction``'s parameters, checked when the config is composed
+    (``reward.components[k].params.mode=...``)."""
+
+    mode: SatisfactionMode = SatisfactionMode.mean
 
 
 def _feedback(traj: Trajectory) -> List[Optional[float]]:
@@ -36,12 +48,15 @@ class DialogueSatisfaction(RewardComponent):
     skipped; a dialogue with none scores 0.0, not applicable."""
 
     scope = "dialogue"
+    Params = SatisfactionParams
 
-    def __init__(self, mode: str = "mean", name: Optional[str] = None):
+    def __init__(self, mode: Union[str, SatisfactionMode] = SatisfactionParams.mode, name: Optional[str] = None):
         super().__init__(name)
-        if mode not in MODES:
-            raise ValueError(f"{type(self).__name__}: mode={mode!r} must be one of {MODES}")
-        self.mode = mode
+        try:
+            self.mode = SatisfactionMode(mode).value
+        except ValueError:
+            raise ValueError(f"{type(self).__name__}: mode={mode!r} must be one of "
+                             f"{[m.value for m in SatisfactionMode]}") from None
 
     def score(self, traj: Trajectory) -> Score:
         given = [float(f) for f in _feedback(traj) if f is not None]

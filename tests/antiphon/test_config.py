@@ -155,3 +155,94 @@ def test_reward_component_params_must_fit_the_constructor():
     with pytest.raises(ConfigError) as e:
         compose(["+reward.components.1.params.bogus=1"])
     assert "reward.components[1].params" in str(e.value) and "bogus" in str(e.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("+learner.stepz=3", "learner.stepz"),  # Hydra's own hint for a misspelt key
+    ("+rollout.dialogue.max_turn=2", "rollout.dialogue.max_turn"),
+    ("+resumee=/tmp", "resumee"),
+])
+def test_unknown_key_fails_with_plus_too(override, key):
+    with pytest.raises(ConfigError) as e:
+        compose([override])
+    assert f"{key}=" in str(e.value) and "unknown key" in str(e.value), str(e.value)
+
+
+def test_choice_fields_are_enums_and_other_values_are_named():
+    from antiphon.config.schema import Estimator, LossAgg, Mode
+
+    cfg = compose(["learner.estimator=group", "learner.mode=sync"])
+    assert cfg.learner.estimator is Estimator.group and cfg.learner.mode is Mode.sync
+    assert cfg.learner.loss_agg is LossAgg.token_mean
+    for override in ("learner.group_scale=mad", "transport.appendfsync=sometimes",
+                     "reward.components.0.scope=episode", "simulator.voice=robot"):
+        with pytest.raises(ConfigError) as e:
+            compose([override])
+        key, value = override.replace(".0.", "[0].").split("=")
+        assert f"{key}={value!r}" in str(e.value), str(e.value)
+
+
+def test_parts_receive_the_schema_dataclasses():
+    from antiphon.config import to_dataclass
+    from antiphon.config.schema import AntiphonConfig, LearnerConfig, Mode, SimulatorConfig
+
+    cfg = compose(["learner.mode=sync", "simulator._target_=support.CountingSimulator", "+simulator.turns=4"])
+    whole = to_dataclass(cfg)
+    assert isinstance(whole, AntiphonConfig) and isinstance(whole.learner, LearnerConfig)
+    assert whole.learner.mode is Mode.sync and whole.learner.cold_start.epochs >= 1
+    sim = to_dataclass(cfg.simulator)
+    assert isinstance(sim, SimulatorConfig) and sim.params == {"turns": 4}
+    # A mapping given by hand reads through the schema: its defaults and choices, the extra keys as params.
+    by_hand = to_dataclass({"_target_": "support.CountingSimulator", "turns": 4}, SimulatorConfig)
+    assert by_hand == sim
+
+
+def test_simulator_params_dataclass_is_checked_naming_the_key(tmp_path):
+    from antiphon.config import to_dataclass
+    from antiphon.dialogue import simulator_factory
+
+    base = ["simulator._target_=support.CountingSimulator"]
+    for override, needle in [("+simulator.turns=many", "simulator.turns='many'"),
+                             ("+simulator.turnz=3", "simulator.turnz=3"),
+                             ("+simulator.turns=0", "turns=0 must be >= 1"),
+                             ("+simulator.script=/no/such/script.txt", "simulator.script='/no/such/script.txt'")]:
+        with pytest.raises(ConfigError) as e:
+            compose(base + [override])
+        assert needle in str(e.value), str(e.value)
+    script = tmp_path / "script.txt"
+    script.write_text("hi")
+    cfg = compose(base + ["+simulator.turns=3", f"+simulator.script={script}", "simulator.seed=5"])
+    sim = simulator_factory(to_dataclass(cfg.simulator), 16000)()
+    assert (sim.turns, sim.seed, sim.script) == (3, 5, str(script))
+
+
+def test_reward_component_params_dataclass_is_checked_naming_the_key():
+    from antiphon.config import to_dataclass
+    from reward_service.compose import build_specs
+
+    cfg = compose(["+reward.components.4.params.mode=last"])
+    (spec,) = build_specs([to_dataclass(cfg.reward).components[4]])
+    assert spec.name == "satisfaction" and spec.component.mode == "last"
+    for override, needle in [("+reward.components.4.params.mode=median", "reward.components[4].params.mode='median'"),
+                             ("+reward.components.4.params.bogus=1", "reward.components[4].params.bogus=1")]:
+        with pytest.raises(ConfigError) as e:
+            compose([override])
+        assert needle in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("simulator.scenarios=/no/such/scenarios.jsonl", "simulator.scenarios"),
+    ("resume=/no/such/checkpoint", "resume"),
+    ("model.path=/no/such/model", "model.path"),
+    ("transport.password_file=/no/such/secret", "transport.password_file"),
+])
+def test_every_file_the_config_names_must_exist(override, key):
+    with pytest.raises(ConfigError) as e:
+        compose([override])
+    assert f"{key}='/no/such/" in str(e.value) and "no such file" in str(e.value), str(e.value)
+
+
+def test_replay_manifest_is_checked_before_anything_starts():
+    with pytest.raises(ConfigError) as e:
+        compose(["simulator=replay", "+simulator.manifest=/no/such/manifest.jsonl"])
+    assert "simulator.manifest='/no/such/manifest.jsonl': no such file" in str(e.value)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from support import make_scored_dialogue
 
-from antiphon.config import compose, to_plain
+from antiphon.config import compose, to_dataclass
 from antiphon.protocol import encode_scored
 from antiphon.transport import Admission, EmbeddedValkey, from_config
 from learner.batch import build_batch
@@ -24,7 +24,7 @@ def policy(tiny_path):
 
 
 def _learner_cfg(*overrides):
-    return to_plain(compose([f"learner.{o}" for o in overrides]).learner)
+    return to_dataclass(compose([f"learner.{o}" for o in overrides]).learner)
 
 
 def test_batch_places_mask_behaviour_logprobs_and_rewards(policy):
@@ -163,7 +163,7 @@ def test_an_incomplete_group_goes_in_at_the_staleness_bound_or_when_nothing_arri
     with pytest.raises(TimeoutError, match="3/4|5/4"):
         lrn.step()
     # Nothing more arrives: after group_wait_s the halves go in too, oldest first, then in arrival order.
-    lrn.cfg["group_wait_s"] = 0.1
+    lrn.cfg.group_wait_s = 0.1
     out = lrn.step()
     assert out["trajectory_ids"] == ["x0", "y0", "y1", "z0"]
     assert out["metrics"]["rollout/group_fill"] == 0.75
@@ -217,7 +217,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(policy, tiny_path, s
 def test_per_turn_group_advantages_compare_the_same_turn_across_a_group():
     from types import SimpleNamespace
 
-    from learner.recipe import turn_group_advantages
+    from learner.advantages import turn_group_advantages
 
     # Rows 0-2 play scenario A (row 2 ended after one turn), row 3 plays B alone. turn_idx marks tokens.
     turn_idx = torch.tensor([[0, 0, -1, 1, 1], [0, -1, 1, 1, -1], [0, 0, 0, -1, -1], [-1, 0, 0, -1, -1]])
@@ -246,7 +246,7 @@ def test_every_estimator_and_loss_option_trains(policy, tiny_path, overrides):
     recipe = PPORecipe(cfg, tiny_path)
     recipe.setup()
     before = {k: v.clone() for k, v in recipe.rollout_state_dict().items()}
-    m = recipe.train_step(build_batch(recipe.policy, scored, cfg["reward_norm"]), version=0)
+    m = recipe.train_step(build_batch(recipe.policy, scored, cfg.reward_norm), version=0)
     assert all(np.isfinite(v) for k, v in m.items() if isinstance(v, float) and k != "value/explained_variance")
     assert m["behav/max_abs_logp_diff"] < 1e-4
     moved = sum(float((recipe.rollout_state_dict()[k] - v).abs().sum()) for k, v in before.items())

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from learner.advantages import gae
-from learner.loss import aggregate, entropy_from_logits, kl_penalty, ppo_policy_loss, value_loss, vtrace_advantages
+from learner.advantages import gae, vtrace_advantages
+from learner.loss import aggregate, entropy_from_logits, kl_penalty, ppo_policy_loss, value_loss
 
 NAN, INF = float("nan"), float("inf")
 LN = math.log
