@@ -72,12 +72,9 @@ def write_scenarios(out: Path, n: int, max_turns: int, alpha: float, seed: int) 
     return path
 
 
-def read_metrics(run_dir: Path):
-    p = run_dir / "metrics.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
-
-
 def analyse(run_dir: Path, batch_size: int) -> dict:
+    from antiphon.report import read_metrics
+
     summ = json.loads((run_dir / "summary.json").read_text())
     m = read_metrics(run_dir)
     loop_s = float(summ["loop_s"])
