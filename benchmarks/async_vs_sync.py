@@ -139,7 +139,9 @@ def main() -> None:
     out = Path(args.out).resolve() / stamp
     sys.path.insert(0, str(ROOT))
     scen_path = write_scenarios(Path(args.out).resolve(), args.scenarios, args.max_turns, args.alpha, args.seed)
-    ks = [json.loads(x)["max_turns"] for x in scen_path.read_text().splitlines()]
+    from simulator.scenarios import read_jsonl
+
+    ks = [s.max_turns for s in read_jsonl(scen_path)]
     common = [f"learner.steps={args.steps}", f"learner.batch_size={args.batch_size}",
               f"experiment.seed={args.seed}", f"simulator.scenarios={scen_path}",
               f"simulator.max_turns={args.max_turns}", f"rollout.dialogue.max_turns={args.max_turns}"]
