@@ -7,7 +7,6 @@ learner that every worker reads from the object store -- and are loaded in place
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import socket
@@ -39,9 +38,7 @@ class RolloutWorker:
         from actors.engine import RolloutEngine
 
         if self.engine is None:
-            # The engine reads its settings as mappings.
-            self.engine = await RolloutEngine.create(self.model_path, dataclasses.asdict(self.rollout_cfg),
-                                                     dataclasses.asdict(self.model_cfg), self.seed)
+            self.engine = await RolloutEngine.create(self.model_path, self.rollout_cfg, self.model_cfg, self.seed)
         return self.info()
 
     def info(self) -> Dict[str, Any]:
@@ -262,7 +259,7 @@ def launch_workers(model_path: str, rollout_cfg: RolloutConfig, model_cfg: Model
     actor_cls = ray.remote(RolloutWorker).options(
         num_cpus=cpus,
         num_gpus=gpus,
-        runtime_env={"env_vars": engine_env(dataclasses.asdict(rollout_cfg))},
+        runtime_env={"env_vars": engine_env(rollout_cfg)},
         max_concurrency=1000,  # many dialogues' requests in flight at once
     )
     total = ray.cluster_resources()

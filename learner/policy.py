@@ -13,12 +13,13 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 import torch
 
+from antiphon.config.schema import DType
 from antiphon.model.audio import AudioFrontend
 from antiphon.model.chat import expand_with_positions
 from antiphon.model.tokens import structural_token_ids
 from antiphon.model.weights import to_checkpoint_state_dict
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
 
 
 @dataclass
@@ -31,12 +32,13 @@ class Sample:
 
 
 class PolicyModel:
-    def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "float32", temperature: float = 1.0):
+    def __init__(self, path: str | Path, device: str = "cpu", dtype: DType | str = DType.float32,
+                 temperature: float = 1.0):
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
         self.path = Path(path)
         self.device = torch.device(device)
-        self.autocast_dtype = _DTYPES[dtype]
+        self.autocast_dtype = _DTYPES[DType(dtype)]
         # Master weights stay fp32; lower precision is applied through autocast on accelerators.
         self.model = Qwen2AudioForConditionalGeneration.from_pretrained(
             self.path, dtype=torch.float32).to(self.device)

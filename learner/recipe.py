@@ -24,6 +24,7 @@ import torch
 
 from antiphon.config.schema import Algo, Device, KLEstimator, LearnerConfig, LossAgg, OffPolicy
 from learner import checkpoint
+from learner.checkpoint import read_checkpoint_state  # noqa: F401 -- transitional: the launcher's old import
 from learner.advantages import compute_advantages, explained_variance, uses_critic
 from learner.batch import Batch
 from learner.loss import aggregate, entropy_from_logits, kl_penalty, ppo_policy_loss, value_loss
@@ -48,7 +49,7 @@ class PPORecipe:
         if c.device is Device.cpu:
             torch.set_num_threads(c.num_threads)
         path = checkpoint.policy_dir(checkpoint_dir) if checkpoint_dir else self.model_path
-        self.policy = PolicyModel(path, device=c.device.value, dtype=c.dtype.value, temperature=self.temperature)
+        self.policy = PolicyModel(path, device=c.device.value, dtype=c.dtype, temperature=self.temperature)
         hidden = self.policy.model.config.text_config.hidden_size
         # The critic: a value head on the policy's last hidden state (shared trunk), zero-initialised so
         # the first advantages are the raw returns.
@@ -60,7 +61,7 @@ class PPORecipe:
                                            betas=(0.9, 0.999), eps=1e-8)
         self.reference = None
         if c.kl_coef > 0:
-            self.reference = PolicyModel(self.reference_path, device=c.device.value, dtype=c.dtype.value,
+            self.reference = PolicyModel(self.reference_path, device=c.device.value, dtype=c.dtype,
                                          temperature=self.temperature)
             self.reference.model.requires_grad_(False).eval()
         self.step = 0

@@ -41,12 +41,14 @@ class RunningNorm:
 
 @dataclass
 class ComponentSpec:
+    """A built component with its entry's settings (their defaults live in ``RewardComponentConfig``)."""
+
     component: RewardComponent
-    weight: float = 1.0
-    timeout_s: float = 30.0
-    normalize: Normalize = Normalize.none
-    on_error: OnError = OnError.drop
-    fallback: float = 0.0
+    weight: float
+    timeout_s: float
+    normalize: Normalize
+    on_error: OnError
+    fallback: float
     norm: RunningNorm = field(default_factory=RunningNorm)
 
     @property

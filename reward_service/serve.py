@@ -16,7 +16,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 import hydra
 from omegaconf import DictConfig
 
-from antiphon.config import ConfigError, config_dir, register, to_dataclass, to_plain, validate
+from antiphon.config import (ConfigError, config_dir, discard_hydra_run_dir, register, to_dataclass, to_plain,
+                             validate)
 from antiphon.config.schema import RewardConfig
 
 
@@ -53,6 +54,7 @@ def main(cfg: DictConfig) -> None:
             raise ConfigError("reward.components=[]: nothing to score with (e.g. reward=default)")
     except ConfigError as e:
         print(f"reward_service: {e}", file=sys.stderr)
+        discard_hydra_run_dir()
         sys.exit(2)
     replica = cfg.get("replica") or f"{socket.gethostname()}-{os.getpid()}"
     counts = asyncio.run(serve(to_plain(cfg.transport), to_dataclass(cfg.reward), replica))

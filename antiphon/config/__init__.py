@@ -14,7 +14,7 @@ from antiphon.config.schema import (GROUP_SCHEMAS, Algo, AntiphonConfig, Device,
                                     SimulatorConfig, WeightSync)
 
 __all__ = ["ConfigError", "AntiphonConfig", "register", "config_dir", "compose", "validate", "to_dataclass",
-           "check_params", "declared_params"]
+           "check_params", "declared_params", "discard_hydra_run_dir"]
 
 
 class ConfigError(ValueError):
@@ -121,11 +121,16 @@ def _check_component_params(cfg: DictConfig) -> List[str]:
     import inspect
 
     from hydra.utils import get_class
+    from omegaconf.errors import OmegaConfBaseException
 
     errors = []
     for k, c in enumerate(cfg.reward.components):
         where = f"reward.components[{k}].params"
-        params = OmegaConf.to_container(c.params, resolve=True)
+        try:
+            params = OmegaConf.to_container(c.params, resolve=True)
+        except OmegaConfBaseException as e:  # e.g. ${oc.env:ANTIPHON_RM} with the variable unset
+            errors.append(f"{where}: {str(e).splitlines()[0]}")
+            continue
         cls = get_class(c._target_)
         if declared_params(cls) is not None:
             errors += [e for e in check_params(cls, params, where)[1]]
@@ -301,9 +306,9 @@ def _check_files(cfg: DictConfig) -> List[str]:
     for i, c in enumerate(cfg.reward.components):
         try:
             cls = get_class(c._target_)
-        except Exception:
+            params = OmegaConf.to_container(c.params, resolve=True)
+        except Exception:  # reported by _check_targets / _check_component_params
             continue
-        params = OmegaConf.to_container(c.params, resolve=True)
         named += [(f"reward.components[{i}].params.{k}", v) for k, v in params.items() if _names_a_file(cls, k)]
     return [f"{key}={value!r}: no such file or directory" for key, value in named
             if value is not None and not os.path.exists(os.path.expanduser(str(value)))]
@@ -401,6 +406,34 @@ def to_dataclass(node: Any, schema: Optional[type] = None) -> Any:
 
     gather(obj)
     return obj
+
+
+def discard_hydra_run_dir() -> None:
+    """A rejected config leaves nothing behind. Hydra creates the job's output directory (``.hydra/`` and
+    an empty ``<job>.log``) before the task function can validate anything; an entry point that rejects
+    the config calls this to remove it -- only when it holds nothing but those files of Hydra's -- and
+    the parent directories Hydra created for it that are left empty (up to the working directory)."""
+    import shutil
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir).resolve()
+    own = {str(hc.output_subdir), f"{hc.job.name}.log"}
+    if not out.is_dir() or any(p.name not in own for p in out.iterdir()):
+        return
+    log = out / f"{hc.job.name}.log"
+    if log.exists() and log.stat().st_size > 0:
+        return  # something was logged: it is not Hydra's empty file any more
+    shutil.rmtree(out)
+    stop = Path.cwd().resolve()
+    parent = out.parent
+    while parent != stop and stop in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
 
 
 def to_plain(node: Any) -> Any:

@@ -246,3 +246,19 @@ def test_replay_manifest_is_checked_before_anything_starts():
     with pytest.raises(ConfigError) as e:
         compose(["simulator=replay", "+simulator.manifest=/no/such/manifest.jsonl"])
     assert "simulator.manifest='/no/such/manifest.jsonl': no such file" in str(e.value)
+
+
+def test_rejected_config_exits_2_naming_the_key_and_leaves_no_run_dir(tmp_path):
+    """The real entry point with Hydra's own hint for a new key: rejected before anything starts, and
+    the run directory Hydra made for the job is gone again."""
+    import os
+
+    runs = tmp_path / "runs"
+    res = subprocess.run([sys.executable, "-m", "antiphon.launch", "+learner.stepz=3"], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path, env={**os.environ, "ANTIPHON_RUNS": str(runs)})
+    assert res.returncode == 2, res.stderr
+    assert "learner.stepz=3" in res.stderr and "unknown key" in res.stderr, res.stderr
+    assert "base policy" not in res.stdout
+    left = [p for p in runs.rglob("*")] if runs.exists() else []
+    assert not [p for p in left if p.is_file()], left  # no launch.log, no .hydra/
+    assert not list(runs.glob("tiny_cpu/*")), left  # the run directory itself
