@@ -133,7 +133,7 @@ def _check_component_params(cfg: DictConfig) -> List[str]:
             continue
         cls = get_class(c._target_)
         if declared_params(cls) is not None:
-            errors += [e for e in check_params(cls, params, where)[1]]
+            errors += check_params(cls, params, where)[1]
             continue
         try:
             inspect.signature(cls).bind(**params)

@@ -169,3 +169,31 @@ def test_explained_variance():
     assert explained_variance(values, returns, m) == pytest.approx(0.85, abs=1e-9)
     assert explained_variance(returns, returns, m) == pytest.approx(1.0)
     assert math.isnan(explained_variance(values, torch.full_like(returns, 3.0), m))
+
+
+def test_compute_advantages_dispatches_on_the_learner_config():
+    from types import SimpleNamespace
+
+    from antiphon.config.schema import Estimator, GroupCredit, LearnerConfig
+    from learner.advantages import compute_advantages, turn_group_advantages
+
+    mask = torch.tensor([[0, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.float32)
+    rewards = torch.tensor([[0.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    values = torch.tensor([[G, 0.5, 0.25, G], [0.1, 0.2, G, G]])
+    logp = torch.zeros(2, 4)
+    batch = SimpleNamespace(scores=torch.tensor([2.0, 1.0]), groups=["a", "a"], dialogue_rewards=[2.0, 1.0],
+                            turn_rewards=[[], []], turn_idx=torch.full((2, 4), -1))
+    gae_cfg = LearnerConfig(estimator=Estimator.gae, gamma=0.9, lam=0.8, whiten_advantages=False)
+    adv, ret = compute_advantages(gae_cfg, batch, logp, logp, rewards, values, mask)
+    want_adv, want_ret = gae(rewards, values, mask, 0.9, 0.8)
+    torch.testing.assert_close(adv, want_adv)
+    torch.testing.assert_close(ret, want_ret)
+    # Group baseline over the dialogue's total reward: leave-one-out 2 - 1 = 1 and 1 - 2 = -1 on every policy
+    # token; value targets are the plain returns-to-go.
+    dial = LearnerConfig(estimator=Estimator.group, group_credit=GroupCredit.dialogue, whiten_advantages=False)
+    adv, ret = compute_advantages(dial, batch, logp, logp, rewards, values, mask)
+    torch.testing.assert_close(adv, torch.tensor([[0.0, 1.0, 1.0, 0.0], [-1.0, -1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(ret, returns_to_go(rewards, mask, 1.0))
+    turn = LearnerConfig(estimator=Estimator.group, whiten_advantages=True)
+    adv, _ = compute_advantages(turn, batch, logp, logp, rewards, values, mask)
+    torch.testing.assert_close(adv, whiten(turn_group_advantages(batch) * mask, mask) * mask)
