@@ -11,6 +11,7 @@ a comparison table and plot at the end.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Dict, List
 import hydra
 from omegaconf import DictConfig
 
-from antiphon.config import config_dir, register, to_plain
+from antiphon.config import config_dir, register, to_dataclass
 from antiphon.run_setup import (init_ray, load_scenarios, say, shutdown_workers, transport_for_run,
                                 validated_run_dir)
 
@@ -28,16 +29,15 @@ def cold_start_policy(cfg: DictConfig, model_path: Path, scenarios) -> Path:
     cs = cfg.learner.cold_start
     if not cs.enabled:
         return model_path
+    from actors.dialogue import DialogueSettings
     from learner.cold_start import ensure_cold_start
 
-    d = cfg.rollout.dialogue
-    cs_cfg = dict(to_plain(cs), open_think=d.open_think, user_text_in_prompt=d.user_text_in_prompt,
-                  system_prompt=d.system_prompt, max_turns=d.max_turns, think_budget=d.think_budget,
-                  max_new_tokens=cfg.rollout.max_new_tokens)
+    # The rollout's own dialogue settings: the cold start teaches exactly the layout the workers produce.
+    settings = DialogueSettings.from_config(to_dataclass(cfg.rollout), to_dataclass(cfg.model))
     key = f"{cfg.simulator.scenarios or 'generated'}:{cfg.simulator.num_scenarios}:{cfg.simulator.seed}:" \
           f"{cfg.experiment.seed}:{cfg.simulator.max_turns}"
     t0 = time.perf_counter()
-    path = ensure_cold_start(str(model_path), key, to_plain(cfg.simulator), cs_cfg,
+    path = ensure_cold_start(str(model_path), key, to_dataclass(cfg.simulator), to_dataclass(cs), settings,
                              Path(os.path.expanduser(cfg.model.cache_dir)) / "cold_start", scenarios=scenarios)
     say(f"cold start (supervised format warm-up): {path} ({time.perf_counter() - t0:.0f}s)")
     return Path(path)
@@ -56,8 +56,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from antiphon.metrics import MetricsSink
     from antiphon.model.tiny import resolve_model_path
     from antiphon.summary import write_summary
-    from antiphon.transport import Admission, from_config
-    from learner.recipe import read_checkpoint_state
+    from antiphon.transport import BlockingTransport, from_config
+    from learner import policy_dir, read_checkpoint_state
     from learner.actor import Learner
     from reward_service.replica import launch_replicas, stop_replicas
 
@@ -73,27 +73,27 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     resume = cfg.resume
     if resume:
         state = read_checkpoint_state(resume)
-        policy_path, reference_path, version0 = Path(resume) / "policy", state["reference_path"], state["version"]
+        policy_path, reference_path, version0 = policy_dir(resume), state["reference_path"], state["version"]
         say(f"resuming from {resume} at weight version {version0}")
     else:
         base = resolve_model_path(cfg.model)
         say(f"base policy: {base}")
         policy_path = reference_path = cold_start_policy(cfg, base, scenarios)
         version0 = 0
-    rollout_cfg, model_cfg, sim_cfg = to_plain(cfg.rollout), to_plain(cfg.model), to_plain(cfg.simulator)
-    learner_cfg, reward_cfg = to_plain(lc), to_plain(cfg.reward)
+    rollout_cfg, model_cfg, sim_cfg = to_dataclass(cfg.rollout), to_dataclass(cfg.model), to_dataclass(cfg.simulator)
+    learner_cfg, reward_cfg = to_dataclass(lc), to_dataclass(cfg.reward)
     # Sync mode is on-policy by construction; each version needs the whole batch to finish first.
     staleness = 0 if lc.mode == "sync" else int(lc.max_staleness)
     # Workers load every broadcast_every-th version only: their weights may lag that much more.
     bound = staleness + int(lc.broadcast_every) - 1
-    learner_cfg["max_staleness"] = bound
+    learner_cfg = dataclasses.replace(learner_cfg, max_staleness=bound)
     admission = {"max_staleness": bound, "batch_size": int(lc.batch_size), "group_size": int(lc.group_size)}
     sink = MetricsSink(run_dir)
 
     # -- the roles -------------------------------------------------------------------------------------
     with transport_for_run(cfg, run_dir) as tcfg:
-        reader = from_config(tcfg)
-        Admission(reader).reset(version=version0, admitted=0)
+        reader = BlockingTransport(from_config(tcfg))
+        reader.reset_admission(version=version0, admitted=0)
         init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker
                  + 0.5 * cfg.reward.replicas + lc.num_cpus)
         workers: List[Any] = []
@@ -107,7 +107,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             say(f"{len(workers)} rollout workers ready in {time.perf_counter() - t0:.1f}s")
             replicas, replica_runs = launch_replicas(tcfg, reward_cfg)
             say(f"{len(replicas)} reward service replica(s) scoring with "
-                f"{[c.get('name') or c['_target_'].rsplit('.', 1)[-1] for c in reward_cfg['components']]}")
+                f"{[c.name or c._target_.rsplit('.', 1)[-1] for c in reward_cfg.components]}")
             threads = str(lc.num_threads)
             learner = ray.remote(Learner).options(
                 num_cpus=float(lc.num_cpus), num_gpus=float(lc.num_gpus),
@@ -126,7 +126,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
             # -- training --------------------------------------------------------------------------------
             t_loop = time.perf_counter()
-            driver = TrainingDriver(learner, workers, Admission(reader), lc, sink, say, t_start)
+            driver = TrainingDriver(learner, workers, reader, lc, sink, say, t_start)
             steps_log = driver.run(first=int(info["version"]) + 1)
             loop_s = time.perf_counter() - t_loop
 
@@ -165,11 +165,7 @@ def _last_dialogues(reader, n: int):
     """The newest ``n`` dialogues of the run's trajectories stream (read without consuming)."""
     from antiphon.protocol import decode
 
-    out = []
-    for _, fields in reader.client.xrevrange(reader.stream("trajectories"), count=n):
-        with contextlib.suppress(Exception):
-            out.append(decode(fields[b"d"]))
-    return out
+    return reader.newest_decoded(reader.stream("trajectories"), n, decode)
 
 
 register()

@@ -12,7 +12,7 @@ from typing import Any, List
 
 from omegaconf import DictConfig
 
-from antiphon.config import ConfigError, to_plain, validate
+from antiphon.config import ConfigError, discard_hydra_run_dir, to_plain, validate
 
 
 def say(msg: str) -> None:
@@ -28,6 +28,7 @@ def validated_run_dir(cfg: DictConfig, prog: str) -> Path:
         validate(cfg)
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)
+        discard_hydra_run_dir()  # a rejected config leaves nothing behind
         sys.exit(2)
     return Path(cfg.experiment.run_dir or HydraConfig.get().runtime.output_dir)
 

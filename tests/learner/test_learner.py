@@ -11,7 +11,7 @@ from support import make_scored_dialogue
 
 from antiphon.config import compose, to_dataclass
 from antiphon.protocol import encode_scored
-from antiphon.transport import Admission, EmbeddedValkey, from_config
+from antiphon.transport import BlockingTransport, EmbeddedValkey, from_config
 from learner.batch import build_batch
 from learner.loss import ppo_policy_loss
 from learner.policy import PolicyModel
@@ -84,11 +84,10 @@ def test_gradient_is_exactly_zero_off_the_policy_tokens(policy):
 
 
 def _publish(tcfg, scored):
-    t = from_config(tcfg)
-    stream = t.stream("scored")
-    for s in scored:
-        t.publish(stream, encode_scored(s), id_hint=s.trajectory.trajectory_id)
-    t.close()
+    with BlockingTransport(from_config(tcfg)) as t:
+        stream = t.stream("scored")
+        for s in scored:
+            t.publish(stream, encode_scored(s), id_hint=s.trajectory.trajectory_id)
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +103,16 @@ def test_step_trains_at_ratio_one_and_drops_stale_data(policy, tiny_path, server
     tcfg = {"url": server.url, "namespace": f"l{uuid.uuid4().hex[:8]}", "max_unconsumed": None}
     fresh = [make_scored_dialogue(policy, rng, f"a{i}", group=i // 2) for i in range(4)]
     _publish(tcfg, fresh)
-    cfg = _learner_cfg("batch_size=4", "group_size=2", "max_staleness=0", "lr=1e-3", "batch_timeout_s=5")
+    # One update per step: its ratio is exactly the fresh one (the demo's minibatches=2 would average in a
+    # second minibatch taken after the first update).
+    cfg = _learner_cfg("batch_size=4", "group_size=2", "max_staleness=0", "lr=1e-3", "batch_timeout_s=5",
+                       "minibatches=1")
     lrn = Learner(str(tiny_path), cfg, tcfg, str(tmp_path))
     m = lrn.step()["metrics"]
     # Version 0 data trained by version 0 weights: the proximal policy is the behaviour policy.
     assert m["behav/max_abs_logp_diff"] < 1e-4
     assert abs(m["ratio/mean"] - 1) < 1e-4 and m["staleness/mean"] == 0
-    Admission(lrn.reader).reset(version=1, admitted=8)
+    lrn.reader.reset_admission(version=1, admitted=8)
     # Now at version 1: four more version-0 dialogues are one version stale -> dropped and counted,
     # their admission slots given back; four fresh ones (version 1) make the batch.
     _publish(tcfg, [make_scored_dialogue(policy, rng, f"b{i}", group=i // 2) for i in range(4)])
@@ -118,7 +120,7 @@ def test_step_trains_at_ratio_one_and_drops_stale_data(policy, tiny_path, server
     out = lrn.step()
     assert lrn.info()["counts"]["dropped_stale"] == 4
     assert sorted(out["trajectory_ids"]) == [f"c{i}" for i in range(4)]
-    assert Admission(lrn.reader).state()["admitted"] == 4
+    assert lrn.reader.admission_state()["admitted"] == 4
     assert lrn.reader.counters().get("dropped:stale") == 4
     lrn.close()
 
