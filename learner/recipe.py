@@ -24,7 +24,6 @@ import torch
 
 from antiphon.config.schema import Algo, Device, KLEstimator, LearnerConfig, LossAgg, OffPolicy
 from learner import checkpoint
-from learner.checkpoint import read_checkpoint_state  # noqa: F401 -- transitional: the launcher's old import
 from learner.advantages import compute_advantages, explained_variance, uses_critic
 from learner.batch import Batch
 from learner.loss import aggregate, entropy_from_logits, kl_penalty, ppo_policy_loss, value_loss
