@@ -10,13 +10,15 @@ tokens; only what the sampler drew carries a log-prob and a weight version.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Mapping, Optional
 
 import numpy as np
 
+from antiphon.config.schema import DialogueConfig, ModelConfig, RolloutConfig
 from antiphon.dialogue import AgentTurn, Scenario, UserSimulator, UserTurn, Voice, parse_style
 from antiphon.generation import GenerationRequest
 from antiphon.model.chat import ChatFormat
@@ -24,24 +26,28 @@ from antiphon.protocol import AudioClip, Trajectory, TurnRecord
 
 
 @dataclass
-class DialogueSettings:
-    max_turns: int = 3  # agent turns; the scenario may ask for fewer
-    max_new_tokens: int = 64  # per agent turn, reasoning included
-    think_budget: int = 32  # reasoning tokens per turn before </think> is forced; 0: no separate phase
-    open_think: bool = True  # the agent turn starts inside <think>
-    user_text_in_prompt: bool = True  # the transcript of the user's words goes with their audio
-    max_context_tokens: int = 2048
-    simulator_timeout_s: float = 30.0
-    max_user_audio_s: float = 30.0
-    sample_rate: int = 16000
-    system_prompt: str = ""
+class DialogueSettings(DialogueConfig):
+    """The schema's ``rollout.dialogue`` plus what the loop needs from the rollout and the model config.
+    Defaults are the schema's: the fields below read them from there, so each lives in one place."""
+
+    max_new_tokens: int = RolloutConfig.max_new_tokens  # per agent turn, reasoning included
+    max_context_tokens: int = ModelConfig.max_model_len
+    sample_rate: int = ModelConfig.sample_rate
 
     @classmethod
-    def from_config(cls, rollout: Dict[str, Any], model: Dict[str, Any]) -> "DialogueSettings":
-        d = rollout.get("dialogue", {}) or {}
-        return cls(max_new_tokens=int(rollout["max_new_tokens"]), max_context_tokens=int(model["max_model_len"]),
-                   sample_rate=int(model.get("sample_rate", 16000)),
-                   **{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+    def from_config(cls, rollout: Any, model: Any) -> "DialogueSettings":
+        """From the ``rollout`` and ``model`` groups: the schema's dataclasses or their plain mappings."""
+        d = _get(rollout, "dialogue")
+        d = dataclasses.asdict(d) if dataclasses.is_dataclass(d) else dict(d or {})
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(DialogueConfig)})
+        if unknown:
+            raise ValueError(f"rollout.dialogue: unknown keys {unknown}")
+        return cls(**d, max_new_tokens=int(_get(rollout, "max_new_tokens")),
+                   max_context_tokens=int(_get(model, "max_model_len")), sample_rate=int(_get(model, "sample_rate")))
+
+
+def _get(cfg: Any, key: str) -> Any:
+    return cfg[key] if isinstance(cfg, Mapping) else getattr(cfg, key)
 
 
 class DialogueEnded(Exception):

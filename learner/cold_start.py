@@ -1,8 +1,11 @@
 """Supervised cold start: teach a fresh policy the output FORMAT before RL (as Step-Audio-R1 starts RL from SFT).
 
 A uniform random-init policy never finds ``</think>`` + a style tag + end of turn by RL alone
-(docs/cpu-stack.md). So before RL the policy imitates a teacher on synthetic dialogues played against the
-configured user simulator, with the exact token layout of the rollout (``actors/dialogue.py``)::
+(docs/cpu-stack.md). So before RL the policy imitates a teacher on synthetic dialogues played against
+the configured user simulator. They are held by the rollout's own dialogue loop
+(``actors.dialogue.Dialogue``) with a teacher standing in for the rollout engine, so the token layout,
+the loss mask (the trajectory's policy mask) and the audio are by construction what the rollout
+produces::
 
     [system turn] user turn (<|AUDIO|>, transcript) <|im_start|>assistant\\n<think>
     reasoning </think> [style] reply <|im_end|> \\n   user turn ... <|im_start|>assistant\\n<think> ...
@@ -11,7 +14,8 @@ Only the teacher's tokens (reasoning, ``</think>``, reply, ``<|im_end|>``) are t
 teaches the format and NOTHING of the task RL must learn: its style tag is drawn uniformly from
 ``STYLE_TAGS`` whatever the user's emotion, its reasoning never mentions the emotion, and its answer to
 an arithmetic question is a random number. After the cold start the policy writes the format with
-roughly uniform styles; matching the user's (heard) emotion and answering right is left to RL.
+roughly uniform styles; matching the user's (heard) emotion and answering right is left to RL. The
+format check samples the trained policy through the same loop (``learner.hf_engine.HFEngine``).
 
     python -m learner.cold_start --out /tmp/cold --dialogues 256 --epochs 3
 """
@@ -19,32 +23,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from antiphon.dialogue import AgentTurn, Scenario, simulator_factory
+from actors.dialogue import Dialogue, DialogueSettings
+from antiphon.cache import build_once
+from antiphon.config.schema import ColdStartConfig, SimulatorConfig
+from antiphon.dialogue import Scenario, UserTurn, simulator_factory
+from antiphon.generation import GenerationRequest, GenerationResult
 from antiphon.model.chat import ChatFormat
-from antiphon.model.tokens import END_THINK, ENDOFTEXT, structural_token_ids
-from antiphon.protocol import AudioClip
+from antiphon.model.tokens import END_THINK, structural_token_ids
+from antiphon.protocol import Trajectory
 from antiphon.style import STYLE_TAGS, parse_style
 
-COLD_START_VERSION = 1  # bump when the teacher or the recipe changes: invalidates cached cold starts
-
-# Recommended defaults for the tiny policy: ~40 s of training on 2 CPU cores (~50 s in all with the
-# synthesis and the sampled check), sampled (temperature 1) format rate 0.96-0.99 over 3 seeds.
-DEFAULTS: Dict[str, Any] = {"dialogues": 256, "epochs": 4, "lr": 3e-3, "batch_size": 4, "seed": 0}
+COLD_START_VERSION = 2  # bump when the teacher or the recipe changes: invalidates cached cold starts
 
 # Reasoning and replies are generic: no emotion words, no arithmetic -- format only.
 _REASONING = [
@@ -77,6 +79,10 @@ def _log(msg: str) -> None:
     print(f"[cold start] {msg}", flush=True)
 
 
+class SetupError(ValueError):
+    """A configuration that cannot work (not a simulator fault): raised, never swallowed."""
+
+
 # -- the teacher -----------------------------------------------------------------------------------------
 def teacher_turn(rng: random.Random, question: Optional[str]) -> Tuple[str, str]:
     """``(reasoning, reply)`` of one teacher turn: generic reasoning, a uniformly random style tag, a short
@@ -90,143 +96,143 @@ def teacher_turn(rng: random.Random, question: Optional[str]) -> Tuple[str, str]
 
 def teacher_turn_ids(chat: ChatFormat, reasoning: str, reply: str,
                      open_think: bool = True) -> Tuple[List[int], List[int]]:
-    """The two pieces the rollout engine would return: (reasoning + ``</think>``, reply + ``<|im_end|>``).
+    """The teacher's two pieces of an agent turn: (reasoning + ``</think>``, reply + ``<|im_end|>``).
     Without ``open_think`` the agent turn has no reasoning phase: the first piece is empty."""
     end_think = chat.tokenizer.convert_tokens_to_ids(END_THINK)
     think = chat.text(reasoning) + [end_think] if open_think else []
     return think, chat.text(reply) + [chat.im_end]
 
 
-# -- synthetic dialogues -----------------------------------------------------------------------------------
-class _SetupError(ValueError):
-    """A configuration that cannot work (not a simulator fault): raised, never swallowed."""
+def asked(user: Optional[UserTurn]) -> Optional[str]:
+    """The question a user turn asks, if any: its verifiable question, else its words when they hold a '?'."""
+    if user is None:
+        return None
+    if user.question is not None:
+        return user.question.text
+    return user.text if "?" in (user.text or "") else None
 
 
-@dataclasses.dataclass
-class _Built:
-    ids: List[int]
-    mask: List[int]
-    clips: List[np.ndarray]
-    error: Optional[str] = None
+class Heard:
+    """Wraps a user simulator and keeps the user's last turn, so the teacher answers what was asked.
 
-
-async def _one_dialogue(make_sim, scenario: Scenario, chat: ChatFormat, rng: random.Random, sample_rate: int,
-                        open_think: bool, user_text_in_prompt: bool, system_prompt: str, max_turns: int,
-                        think_budget: int, max_new_tokens: int) -> _Built:
-    out = _Built([], [], [])
-
-    def add(ids, policy=False):
-        out.ids.extend(ids)
-        out.mask.extend([1 if policy else 0] * len(ids))
-
-    turn_ends: List[int] = []
-    sim = make_sim()
-    try:
-        user = await sim.start(scenario)
-        cap = min(int(max_turns), int(scenario.max_turns))
-        for k in range(cap):
-            if user.sample_rate != sample_rate:
-                raise _SetupError(f"simulator speaks at {user.sample_rate} Hz, the policy hears {sample_rate} Hz")
-            if k == 0 and system_prompt:
-                add(chat.system_turn(system_prompt))
-            add(chat.user_turn(user.text if user_text_in_prompt else "", num_audio=1)
-                + chat.assistant_prefix(open_think))
-            # The policy hears exactly what a trajectory carries (int16 PCM), as in the rollout.
-            out.clips.append(AudioClip.from_float(user.audio, user.sample_rate).to_float())
-            asked = user.question.text if getattr(user, "question", None) is not None else (
-                user.text if "?" in (user.text or "") else None)
-            reasoning, reply = teacher_turn(rng, asked)
-            think, answer = teacher_turn_ids(chat, reasoning, reply, open_think)
-            if (think_budget > 0 and len(think) > think_budget) or len(think) + len(answer) > max_new_tokens:
-                raise _SetupError(f"teacher turn too long for the rollout budgets ({len(think)} reasoning, "
-                                 f"{len(think) + len(answer)} in all): {reasoning!r} {reply!r}")
-            add(think + answer, policy=True)
-            add(chat.newline)
-            turn_ends.append(len(out.ids))
-            if k == cap - 1:
-                break  # the user's last word never reaches the policy: not needed
-            style, spoken = parse_style(reply)
-            user = await sim.react(AgentTurn(reasoning=reasoning, reply=spoken, style=style, audio=None,
-                                             sample_rate=sample_rate, token_ids=think + answer + chat.newline,
-                                             finish_reason="stop"))
-            if user.done:
-                break
-    except _SetupError:
-        raise
-    except Exception as e:  # like the rollout: a simulator fault ends the dialogue, finished turns stay
-        out.error = f"{type(e).__name__}: {e}"[:200]
-        n_agent = len(turn_ends)
-        cut = turn_ends[-1] if turn_ends else 0
-        del out.ids[cut:], out.mask[cut:], out.clips[n_agent:]
-    finally:
-        try:
-            await sim.close()
-        except Exception:
-            pass
-    return out
-
-
-def synthetic_dialogues(scenarios: Sequence[Scenario], sim_cfg: Mapping[str, Any], tokenizer, sample_rate: int,
-                        seed: int, open_think: bool = True, user_text_in_prompt: bool = True,
-                        system_prompt: str = "", max_turns: int = 3, think_budget: int = 32,
-                        max_new_tokens: int = 64, concurrency: int = 16):
-    """One teacher dialogue per scenario (in order) against the configured simulator.
-
-    Returns ``[(Sample, loss_mask)]``: the dialogue as one scored sequence (``prompt_ids = ids[:1]``, the
-    rest as completion, as ``learner.policy.trajectory_sample``) and a 0/1 list over its completion ids, 1
-    on the teacher's policy tokens. Dialogues whose simulator failed before any agent turn are left out.
+    The user's answer to the dialogue's last agent turn never reaches the policy (no agent turn follows;
+    the rollout keeps it only for the reward service), so it is not asked for: the last ``react`` ends the
+    dialogue with a silent turn instead of making the simulator write and voice a line nobody hears.
     """
-    from learner.policy import Sample
 
-    chat = ChatFormat(tokenizer)
-    make_sim = simulator_factory(_plain(sim_cfg), sample_rate)
+    def __init__(self, sim, max_turns: int):
+        self.sim, self.max_turns = sim, int(max_turns)
+        self.last: Optional[UserTurn] = None
+        self.left = 0
 
+    async def start(self, scenario: Scenario) -> UserTurn:
+        self.left = min(self.max_turns, int(scenario.max_turns))
+        self.last = await self.sim.start(scenario)
+        return self.last
+
+    async def react(self, agent) -> UserTurn:
+        self.left -= 1
+        if self.left <= 0:
+            rate = self.last.sample_rate
+            self.last = UserTurn(text="", audio=np.zeros(rate // 100, np.float32), sample_rate=rate, done=True)
+        else:
+            self.last = await self.sim.react(agent)
+        return self.last
+
+    async def close(self) -> None:
+        await self.sim.close()
+
+
+class TeacherEngine:
+    """Stands in for the rollout engine in one teacher dialogue (``engine.generate`` of ``actors/dialogue.py``).
+
+    At the start of each agent turn it draws the teacher's turn (``teacher_turn``, from the user's last
+    turn) and then answers requests as a sampler that happened to draw exactly those tokens: each request
+    gets the next tokens up to and including the first of its stop tokens or ``<|im_end|>`` (which the
+    rollout engine always stops at). So the reasoning request gets reasoning + ``</think>``, the reply
+    request ``[style] reply`` + ``<|im_end|>``, and both are policy tokens of the trajectory. A teacher
+    turn that does not fit a request's budget is a configuration error (``SetupError``): truncating it
+    would teach a cut turn.
+    """
+
+    def __init__(self, chat: ChatFormat, rng: random.Random, heard: Heard, open_think: bool = True):
+        self.chat, self.rng, self.heard, self.open_think = chat, rng, heard, open_think
+        self._turn: List[int] = []  # the current teacher turn's tokens not yet handed out
+        self._text: Tuple[str, str] = ("", "")
+
+    async def generate(self, req: GenerationRequest) -> GenerationResult:
+        if not self._turn:
+            self._text = teacher_turn(self.rng, asked(self.heard.last))
+            think, answer = teacher_turn_ids(self.chat, *self._text, open_think=self.open_think)
+            self._turn = think + answer
+        stops = set(req.stop_token_ids) | {self.chat.im_end}
+        n = next((i + 1 for i, t in enumerate(self._turn) if t in stops), len(self._turn))
+        if req.max_new_tokens is not None and n > req.max_new_tokens:
+            raise SetupError(f"teacher turn too long for the rollout budgets (a request of {req.max_new_tokens} "
+                             f"tokens, the teacher needs {n}): {self._text[0]!r} {self._text[1]!r}; raise "
+                             "rollout.dialogue.think_budget / rollout.max_new_tokens")
+        out, self._turn = self._turn[:n], self._turn[n:]
+        return GenerationResult(req.request_id, out, [0.0] * len(out), 0, "stop", len(req.prompt_ids))
+
+
+# -- dialogues through the rollout's loop ------------------------------------------------------------------
+def run_dialogues(scenarios: Sequence[Scenario], make_engine: Callable[[int, Any], Any], make_sim: Callable[[], Any],
+                  chat: ChatFormat, settings: DialogueSettings, tokens_per_clip=None,
+                  wrap_sim: Callable[[Any], Any] = lambda sim: sim) -> List[Tuple[Optional[Trajectory], str]]:
+    """Runs one ``Dialogue`` per scenario (``settings.max_concurrent`` at a time): ``(trajectory, end
+    reason)`` of each, in order (the trajectory is None when it ended before any agent turn).
+
+    ``make_engine(i, sim)``: the engine of dialogue i (``sim``: its simulator, after ``wrap_sim``).
+    """
     async def run_all():
-        sem = asyncio.Semaphore(max(1, int(concurrency)))
+        sem = asyncio.Semaphore(max(1, int(settings.max_concurrent)))
 
-        async def one(i, sc):
+        async def one(i: int, scenario: Scenario) -> Tuple[Optional[Trajectory], str]:
             async with sem:
-                rng = random.Random(f"{seed}:{i}")  # independent of the order dialogues finish in
-                return await _one_dialogue(make_sim, sc, chat, rng, sample_rate, open_think, user_text_in_prompt,
-                                           system_prompt, max_turns, think_budget, max_new_tokens)
+                sim = wrap_sim(make_sim())
+                d = Dialogue(make_engine(i, sim), sim, scenario, chat, None, settings, run="cold_start",
+                             tokens_per_clip=tokens_per_clip)
+                return await d.run(), d.end_reason
 
         return await asyncio.gather(*(one(i, sc) for i, sc in enumerate(scenarios)))
 
-    built = asyncio.run(run_all())
-    out, errors = [], [b.error for b in built if b.error]
-    for b in built:
-        if 1 not in b.mask:
-            continue
-        out.append((Sample(prompt_ids=b.ids[:1], completion_ids=b.ids[1:], audio=b.clips), b.mask[1:]))
+    dialogues = asyncio.run(run_all())
+    for _, reason in dialogues:
+        if reason.startswith("bad_audio:sample_rate"):
+            raise SetupError(f"the simulator's audio does not fit the policy: {reason} "
+                             f"(model.sample_rate={settings.sample_rate})")
+    return dialogues
+
+
+def teacher_trajectories(scenarios: Sequence[Scenario], sim_cfg: Any, tokenizer, settings: DialogueSettings,
+                         seed: int, tokens_per_clip=None) -> List[Trajectory]:
+    """One teacher dialogue per scenario (in order) against the configured simulator, through the rollout's
+    dialogue loop. Dialogue i draws from its own ``random.Random(f"{seed}:{i}")``: the same data whatever
+    order the dialogues finish in. Dialogues a simulator fault ended before any agent turn are left out;
+    one it ended later keeps its finished turns (as in the rollout)."""
+    chat = ChatFormat(tokenizer)
+    make_sim = simulator_factory(sim_cfg, settings.sample_rate)
+    dialogues = run_dialogues(
+        scenarios, lambda i, sim: TeacherEngine(chat, random.Random(f"{seed}:{i}"), sim, settings.open_think),
+        make_sim, chat, settings, tokens_per_clip, wrap_sim=lambda sim: Heard(sim, settings.max_turns))
+    errors = [r for _, r in dialogues if r.startswith(("simulator_", "bad_audio", "agent_voice"))]
     if errors:
-        _log(f"{len(errors)} of {len(built)} dialogues ended by a simulator fault, e.g. {errors[0]}")
+        _log(f"{len(errors)} of {len(dialogues)} dialogues ended by a simulator fault, e.g. {errors[0]}")
+    out = [t for t, _ in dialogues if t is not None]
     if not out:
         raise RuntimeError(f"no synthetic dialogue has an agent turn ({len(errors)} simulator faults)")
     return out
 
 
-def first_user_prompts(scenarios: Sequence[Scenario], sim_cfg: Mapping[str, Any], tokenizer, sample_rate: int,
-                       open_think: bool = True, user_text_in_prompt: bool = True, system_prompt: str = ""):
-    """The rollout's first-turn prompt of each scenario (``Sample`` with empty completion): to sample from."""
-    from learner.policy import Sample
+def synthetic_dialogues(scenarios: Sequence[Scenario], sim_cfg: Any, tokenizer, settings: DialogueSettings,
+                        seed: int, tokens_per_clip=None):
+    """The teacher's dialogues as training data: ``[(Sample, loss_mask)]``, each dialogue one scored sequence
+    (``learner.policy.trajectory_sample``: ``prompt_ids = ids[:1]``, the rest as completion, the user
+    clips in order) and its policy mask over the completion (1 on the teacher's tokens)."""
+    from learner.policy import trajectory_sample
 
-    chat = ChatFormat(tokenizer)
-    make_sim = simulator_factory(_plain(sim_cfg), sample_rate)
-
-    async def one(sc):
-        sim = make_sim()
-        try:
-            user = await sim.start(sc)
-        finally:
-            await sim.close()
-        ids = (chat.system_turn(system_prompt) if system_prompt else []) + chat.user_turn(
-            user.text if user_text_in_prompt else "", num_audio=1) + chat.assistant_prefix(open_think)
-        return Sample(ids, [], [AudioClip.from_float(user.audio, user.sample_rate).to_float()])
-
-    async def run_all():
-        return await asyncio.gather(*(one(sc) for sc in scenarios))
-
-    return asyncio.run(run_all())
+    return [(trajectory_sample(t), [int(m) for m in t.policy_mask[1:]])
+            for t in teacher_trajectories(scenarios, sim_cfg, tokenizer, settings, seed, tokens_per_clip)]
 
 
 # -- audio embeddings computed once (the audio tower is frozen during the cold start) ----------------------
@@ -252,103 +258,87 @@ class _FrozenAudio:
         return getattr(self.frontend, name)
 
 
-class _frozen_audio:
-    """Context: the policy's audio tower and projector frozen, their outputs cached per clip."""
-
-    def __init__(self, policy):
-        self.policy = policy
-
-    def __enter__(self):
-        m = self.policy.model.model
-        self.params = [p for mod in (m.audio_tower, m.multi_modal_projector) for p in mod.parameters()]
-        self.flags = [p.requires_grad for p in self.params]
-        for p in self.params:
-            p.requires_grad_(False)
-        self.frontend = self.policy.frontend
-        self.policy.frontend = _FrozenAudio(self.frontend)
-        return self
-
-    def __exit__(self, *exc):
-        self.policy.frontend = self.frontend
-        for p, f in zip(self.params, self.flags):
+@contextlib.contextmanager
+def frozen_audio(policy) -> Iterator[None]:
+    """The policy's audio tower and projector frozen, their outputs cached per clip, inside the block."""
+    m = policy.model.model
+    params = [p for mod in (m.audio_tower, m.multi_modal_projector) for p in mod.parameters()]
+    flags = [p.requires_grad for p in params]
+    frontend = policy.frontend
+    for p in params:
+        p.requires_grad_(False)
+    policy.frontend = _FrozenAudio(frontend)
+    try:
+        yield
+    finally:
+        policy.frontend = frontend
+        for p, f in zip(params, flags):
             p.requires_grad_(f)
 
 
 # -- sampling check --------------------------------------------------------------------------------------
-def sample_format_rate(policy, prompts, samples_per_prompt: int = 1, max_new_tokens: int = 48,
-                       think_budget: int = 32, seed: int = 0, batch_size: int = 32,
-                       max_examples: int = 6) -> Dict[str, Any]:
-    """Samples one agent turn per prompt (x ``samples_per_prompt``) from the policy's sampling distribution
-    (``forward_logits``: its temperature, structural tokens masked) and checks the format.
-
-    A turn is well formed when it has ``</think>`` within ``think_budget`` tokens, then a reply carrying a
-    known style tag (``parse_style``), then ``<|im_end|>`` within ``max_new_tokens``. Returns rates, the
-    style distribution of the well-formed turns, and a few decoded examples.
-    """
-    import torch
-
-    from learner.policy import Sample
-
-    tok = policy.tokenizer
-    chat = ChatFormat(tok)
+def turn_format(chat: ChatFormat, ids: Sequence[int], mask: Sequence[int], think_budget: int,
+                open_think: bool = True) -> Dict[str, Any]:
+    """How well one agent turn (its token ids and policy mask) keeps the format, judged on what the policy
+    sampled (forced ``</think>``/``<|im_end|>`` do not count): ``</think>`` within ``think_budget`` tokens
+    (when the turn opens inside ``<think>``), then a reply carrying a known style tag, then ``<|im_end|>``."""
+    tok = chat.tokenizer
     end_think = tok.convert_tokens_to_ids(END_THINK)
-    pad = tok.convert_tokens_to_ids(ENDOFTEXT)
-    gen = torch.Generator().manual_seed(int(seed))
-    rows = [p for p in prompts for _ in range(samples_per_prompt)]
-    outs: List[List[int]] = [[] for _ in rows]
-    was_training = policy.model.training
-    policy.model.eval()
-    with _frozen_audio(policy), torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            live = list(range(start, min(start + batch_size, len(rows))))
-            for _ in range(max_new_tokens):
-                if not live:
-                    break
-                # A trailing pad: forward_logits drops the last position, so the real last token keeps its logits.
-                samples = [Sample(list(rows[i].prompt_ids) + list(rows[i].completion_ids), outs[i] + [pad],
-                                  rows[i].audio) for i in live]
-                batch = policy.build_batch(samples)
-                logits = policy.forward_logits(batch)
-                last = torch.stack([logits[j, pos[-1] - 1] for j, pos in enumerate(batch["completion_pos"])])
-                nxt = torch.multinomial(torch.softmax(last, -1), 1, generator=gen)[:, 0].tolist()
-                still = []
-                for i, t in zip(live, nxt):
-                    outs[i].append(int(t))
-                    if t != chat.im_end:
-                        still.append(i)
-                live = still
-    policy.model.train(was_training)
+    g = [int(t) for t, m in zip(ids, mask) if m]
+    ended = chat.im_end in g
+    body = g[:g.index(chat.im_end)] if ended else g
+    has_think = end_think in body
+    k = body.index(end_think) if has_think else -1
+    reply = tok.decode(body[k + 1:], skip_special_tokens=True).strip() if (has_think or not open_think) else ""
+    style, _ = parse_style(reply)
+    in_budget = has_think and k < think_budget
+    return {"ended": ended, "think": has_think, "think_in_budget": in_budget, "style": style,
+            "tag_leads": style is not None and reply.startswith("["), "tokens": len(g),
+            "ok": ended and style is not None and (in_budget or not open_think)}
 
-    n_ok = n_think = n_think_budget = n_tag = n_end = n_lead = 0
-    styles: Counter = Counter()
-    examples = []
-    for g in outs:
-        ended = chat.im_end in g
-        body = g[:g.index(chat.im_end)] if ended else g
-        has_think = end_think in body
-        k = body.index(end_think) if has_think else -1
-        reply = tok.decode(body[k + 1:], skip_special_tokens=True).strip() if has_think else ""
-        style, _ = parse_style(reply)
-        n_end += ended
-        n_think += has_think
-        n_think_budget += has_think and k < think_budget
-        n_tag += style is not None
-        n_lead += style is not None and reply.startswith("[")
-        if ended and has_think and k < think_budget and style is not None:
-            n_ok += 1
-            styles[style] += 1
-        if len(examples) < max_examples:
-            examples.append(tok.decode(g, skip_special_tokens=False))
-    n = max(1, len(outs))
+
+def format_summary(turns: Sequence[Dict[str, Any]], examples: Sequence[str] = ()) -> Dict[str, Any]:
+    """Rates over ``turn_format`` results, the style distribution of the well-formed turns, examples."""
+    n = max(1, len(turns))
+    styles = Counter(t["style"] for t in turns if t["ok"])
     counts = {s: styles.get(s, 0) for s in _STYLES}
     p = np.array(list(counts.values()), float)
     p = p / p.sum() if p.sum() else p
     entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum()) / np.log(len(_STYLES)) if p.sum() else 0.0
-    return {"n": len(outs), "format_rate": n_ok / n, "think_rate": n_think / n, "think_in_budget_rate":
-            n_think_budget / n, "tag_rate": n_tag / n, "tag_leads_rate": n_lead / n, "end_rate": n_end / n,
-            "mean_tokens": float(np.mean([len(g) for g in outs])) if outs else 0.0,
+    rate = lambda key: sum(bool(t[key]) for t in turns) / n  # noqa: E731
+    return {"n": len(turns), "format_rate": rate("ok"), "think_rate": rate("think"),
+            "think_in_budget_rate": rate("think_in_budget"), "tag_rate": sum(t["style"] is not None for t in turns) / n,
+            "tag_leads_rate": rate("tag_leads"), "end_rate": rate("ended"),
+            "mean_tokens": float(np.mean([t["tokens"] for t in turns])) if turns else 0.0,
             "styles": counts, "style_entropy": entropy, "max_style_share": float(p.max()) if p.sum() else 0.0,
-            "examples": examples}
+            "examples": list(examples)}
+
+
+def sample_format_rate(policy, scenarios: Sequence[Scenario], sim_cfg: Any, settings: DialogueSettings,
+                       samples_per_prompt: int = 1, seed: int = 0, max_examples: int = 6) -> Dict[str, Any]:
+    """Samples the first agent turn of each scenario (x ``samples_per_prompt``) from the policy, through the
+    rollout's dialogue loop over the learner's own model (``HFEngine``: its temperature, structural tokens
+    never sampled, the rollout's think budget and turn budget), and checks the format (``turn_format``).
+    Returns rates, the style distribution of the well-formed turns, and a few decoded examples."""
+    from learner.hf_engine import HFEngine
+
+    chat = ChatFormat(policy.tokenizer)
+    engine = HFEngine(policy, settings.max_new_tokens, seed=seed)
+    one_turn = dataclasses.replace(settings, max_turns=1)
+    rows = [sc for sc in scenarios for _ in range(samples_per_prompt)]
+    dialogues = run_dialogues(rows, lambda i, sim: engine.session(int(seed) * 1_000_003 + i),
+                              simulator_factory(sim_cfg, settings.sample_rate), chat, one_turn,
+                              tokens_per_clip=policy.frontend.num_embeddings)
+    turns, examples = [], []
+    for t, _ in dialogues:
+        agent = next((x for x in (t.turns if t is not None else []) if x.role == "assistant"), None)
+        if agent is None:
+            continue
+        ids, mask = t.token_ids[agent.start:agent.end], t.policy_mask[agent.start:agent.end]
+        turns.append(turn_format(chat, ids, mask, settings.think_budget, settings.open_think))
+        if len(examples) < max_examples:
+            examples.append(policy.tokenizer.decode([int(x) for x in ids], skip_special_tokens=False))
+    return format_summary(turns, examples)
 
 
 # -- training --------------------------------------------------------------------------------------------
@@ -361,163 +351,191 @@ def _loss_mask(batch, masks, like):
     return m
 
 
-def _nll(policy, data, batch_size: int) -> float:
-    import torch
-
-    tot, cnt = 0.0, 0.0
-    with torch.no_grad():
-        for s in range(0, len(data), batch_size):
-            chunk = data[s:s + batch_size]
-            batch = policy.build_batch([d[0] for d in chunk])
-            logp = policy.forward_logprobs(batch)
-            m = _loss_mask(batch, [d[1] for d in chunk], logp)
-            tot += float(-(logp * m).sum())
-            cnt += float(m.sum())
-    return tot / max(cnt, 1.0)
+def _check(cfg: ColdStartConfig) -> None:
+    for key in ("dialogues", "epochs", "batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"learner.cold_start.{key}={getattr(cfg, key)!r}: must be >= 1")
+    if not cfg.lr > 0:
+        raise ValueError(f"learner.cold_start.lr={cfg.lr!r}: must be > 0")
+    if not 0 <= cfg.warmup < 1:
+        raise ValueError(f"learner.cold_start.warmup={cfg.warmup!r}: must be in [0, 1)")
+    if cfg.eval_prompts < 0:
+        raise ValueError(f"learner.cold_start.eval_prompts={cfg.eval_prompts!r}: must be >= 0")
 
 
-def _dialogue_options(cfg: Mapping[str, Any]) -> Dict[str, Any]:
-    return {"open_think": bool(cfg.get("open_think", True)),
-            "user_text_in_prompt": bool(cfg.get("user_text_in_prompt", True)),
-            "system_prompt": str(cfg.get("system_prompt", "") or ""),
-            "max_turns": int(cfg.get("max_turns", 3)),
-            "think_budget": int(cfg.get("think_budget", 32)),
-            "max_new_tokens": int(cfg.get("max_new_tokens", 64))}
+class ColdStartRecipe:
+    """Supervised imitation of the teacher's tokens, top to bottom like ``learner.recipe.PPORecipe``:
+
+        setup -> train(data) -> evaluate(scenarios, sim_cfg) -> save_checkpoint(dir) -> cleanup
+
+    AdamW in fp32 on the mean NLL over teacher tokens; lr warmed up over ``cfg.warmup`` of the steps, then
+    a cosine down to lr/10. With ``train_audio`` off the audio tower and projector stay as they are (nothing
+    here is about hearing) and their outputs are computed once per clip.
+    """
+
+    def __init__(self, model_path, cfg: ColdStartConfig, settings: DialogueSettings):
+        from antiphon.config import to_dataclass
+
+        self.model_path = Path(model_path)
+        self.cfg = to_dataclass(cfg, ColdStartConfig)
+        self.settings = settings
+        _check(self.cfg)
+
+    def setup(self) -> None:
+        import torch
+
+        from learner.policy import PolicyModel
+
+        torch.manual_seed(self.cfg.seed)
+        self.policy = PolicyModel(self.model_path, device="cpu", dtype="float32", temperature=1.0)
+        tok = self.policy.tokenizer
+        banned = set(structural_token_ids(tok))
+        for name in (END_THINK, "<|im_end|>"):
+            if tok.convert_tokens_to_ids(name) in banned:
+                raise SetupError(f"{name} is a banned (structural) token: the policy could never emit the format")
+        if self.policy.sample_rate != self.settings.sample_rate:
+            raise SetupError(f"model.sample_rate={self.settings.sample_rate}: the policy hears "
+                             f"{self.policy.sample_rate} Hz")
+
+    def _nll(self, data) -> float:
+        import torch
+
+        tot, cnt = 0.0, 0.0
+        with torch.no_grad():
+            for s in range(0, len(data), self.cfg.batch_size):
+                chunk = data[s:s + self.cfg.batch_size]
+                batch = self.policy.build_batch([d[0] for d in chunk])
+                logp = self.policy.forward_logprobs(batch)
+                m = _loss_mask(batch, [d[1] for d in chunk], logp)
+                tot += float(-(logp * m).sum())
+                cnt += float(m.sum())
+        return tot / max(cnt, 1.0)
+
+    def train(self, data) -> Dict[str, Any]:
+        """Trains on ``[(Sample, loss_mask)]``; returns the per-epoch NLL and the NLL of a probe before/after."""
+        import torch
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+        c, policy = self.cfg, self.policy
+        # Similar lengths batched together (less padding); batches shuffled every epoch.
+        # ~ expanded length: tokens plus one audio embedding per 640 samples (40 ms)
+        by_len = sorted(range(len(data)),
+                        key=lambda i: len(data[i][0].completion_ids) + sum(len(a) for a in data[i][0].audio) // 640)
+        batches = [by_len[s:s + c.batch_size] for s in range(0, len(by_len), c.batch_size)]
+        total_steps = max(1, c.epochs * len(batches))
+        probe = data[:min(16, len(data))]
+        order_rng = random.Random(c.seed)
+        losses: List[float] = []
+        t0 = time.perf_counter()
+        with (contextlib.nullcontext() if c.train_audio else frozen_audio(policy)):
+            params = [p for p in policy.model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+            schedule = get_cosine_with_min_lr_schedule_with_warmup(
+                opt, num_warmup_steps=int(c.warmup * total_steps), num_training_steps=total_steps, min_lr_rate=0.1)
+            policy.model.eval()
+            nll_before = self._nll(probe)
+            _log(f"teacher-token NLL before: {nll_before:.3f}")
+            policy.model.train()
+            for epoch in range(c.epochs):
+                order_rng.shuffle(batches)
+                tot, cnt = 0.0, 0.0
+                for b in batches:
+                    chunk = [data[i] for i in b]
+                    batch = policy.build_batch([d[0] for d in chunk])
+                    logp = policy.forward_logprobs(batch)
+                    m = _loss_mask(batch, [d[1] for d in chunk], logp)
+                    loss = -(logp * m).sum() / m.sum().clamp_min(1.0)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    opt.step()
+                    schedule.step()
+                    tot += float(loss.detach()) * float(m.sum())
+                    cnt += float(m.sum())
+                losses.append(tot / max(cnt, 1.0))
+                _log(f"epoch {epoch + 1}/{c.epochs}: NLL {losses[-1]:.3f} ({time.perf_counter() - t0:.1f}s)")
+            policy.model.eval()
+            nll_after = self._nll(probe)
+        return {"losses": losses, "nll_before": nll_before, "nll_after": nll_after}
+
+    def evaluate(self, scenarios: Sequence[Scenario], sim_cfg: Any) -> Dict[str, Any]:
+        """The sampled format check on the first turns of ``scenarios`` (``sample_format_rate``)."""
+        return sample_format_rate(self.policy, scenarios, sim_cfg, self.settings, seed=self.cfg.seed + 1)
+
+    def save_checkpoint(self, out_dir) -> Path:
+        """The trained policy as a directory transformers and vLLM load."""
+        return self.policy.save_pretrained(Path(out_dir))
+
+    def cleanup(self) -> None:
+        self.policy = None
 
 
-def train_cold_start(model_path, out_dir, scenarios: Sequence[Scenario], sim_cfg: Mapping[str, Any],
-                     cfg: Mapping[str, Any]) -> Dict[str, Any]:
+def train_cold_start(model_path, out_dir, scenarios: Sequence[Scenario], sim_cfg: Any, cfg: ColdStartConfig,
+                     settings: DialogueSettings) -> Dict[str, Any]:
     """Supervised cold start of the policy at ``model_path``; the result is saved to ``out_dir``.
 
-    ``cfg``: ``dialogues`` (synthetic dialogues, scenarios cycled), ``epochs``, ``lr``, ``batch_size``,
-    ``seed``; optional ``open_think``, ``user_text_in_prompt``, ``system_prompt``, ``max_turns``,
-    ``think_budget``, ``max_new_tokens`` (the rollout's settings, so the layout matches),
-    ``weight_decay`` (0), ``schedule`` ("cosine": warm-up over ``warmup`` (0.1) of the steps, then cosine
-    down to lr/10; or "constant"), ``train_audio`` (False: the audio tower stays as it is -- nothing here is about
-    hearing), ``eval_prompts`` (32 held-out first turns sampled once each after training; 0: skip).
-    AdamW in fp32, mean NLL over teacher tokens. Writes ``out_dir/cold_start.json`` and returns it.
+    ``cfg``: the schema's ``learner.cold_start`` (``dialogues`` synthetic dialogues, the scenarios cycled;
+    the format check samples ``eval_prompts`` first turns of scenarios after those); ``settings``: the
+    rollout's dialogue settings, so the layout and the budgets are the rollout's. Writes
+    ``out_dir/cold_start.json`` and returns it.
     """
-    import torch
-
-    from learner.policy import PolicyModel
+    from antiphon.config import to_dataclass
 
     t0 = time.perf_counter()
-    c = {**DEFAULTS, **_plain(cfg)}
-    opts = _dialogue_options(c)
-    n_dialogues, epochs, lr = int(c["dialogues"]), int(c["epochs"]), float(c["lr"])
-    batch_size, seed = int(c["batch_size"]), int(c["seed"])
-    n_eval = int(c.get("eval_prompts", 32))
+    cfg = to_dataclass(cfg, ColdStartConfig)
     if not scenarios:
         raise ValueError("cold start needs at least one scenario")
-    torch.manual_seed(seed)
-    policy = PolicyModel(model_path, device="cpu", dtype="float32", temperature=1.0)
-    tok = policy.tokenizer
-    banned = set(structural_token_ids(tok))
-    for name in (END_THINK, "<|im_end|>"):
-        if tok.convert_tokens_to_ids(name) in banned:
-            raise ValueError(f"{name} is a banned (structural) token: the policy could never emit the format")
+    recipe = ColdStartRecipe(model_path, cfg, settings)
+    recipe.setup()
+    try:
+        policy = recipe.policy
+        chosen = [scenarios[i % len(scenarios)] for i in range(cfg.dialogues)]
+        _log(f"generating {cfg.dialogues} teacher dialogues against {_sim_dict(sim_cfg).get('_target_')}")
+        data = synthetic_dialogues(chosen, sim_cfg, policy.tokenizer, settings, cfg.seed,
+                                   tokens_per_clip=policy.frontend.num_embeddings)
+        synth_s = time.perf_counter() - t0
+        n_tokens = sum(len(s.completion_ids) for s, _ in data)
+        n_policy = sum(sum(m) for _, m in data)
+        _log(f"{len(data)} dialogues, {n_tokens} tokens ({n_policy} teacher tokens) in {synth_s:.1f}s")
+        t1 = time.perf_counter()
+        trained = recipe.train(data)
+        train_s = time.perf_counter() - t1
 
-    chosen = [scenarios[i % len(scenarios)] for i in range(n_dialogues)]
-    _log(f"generating {n_dialogues} teacher dialogues against {sim_cfg.get('_target_')}")
-    data = synthetic_dialogues(chosen, sim_cfg, tok, policy.sample_rate, seed, **opts)
-    synth_s = time.perf_counter() - t0
-    n_tokens = sum(len(s.completion_ids) for s, _ in data)
-    n_policy = sum(sum(m) for _, m in data)
-    _log(f"{len(data)} dialogues, {n_tokens} tokens ({n_policy} teacher tokens) in {synth_s:.1f}s")
-
-    train_audio = bool(c.get("train_audio", False))
-    frozen = None if train_audio else _frozen_audio(policy).__enter__()
-    params = [p for p in policy.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=float(c.get("weight_decay", 0.0)))
-    # Similar lengths batched together (less padding); batches shuffled every epoch.
-    # ~ expanded length: tokens plus one audio embedding per 640 samples (40 ms)
-    by_len = sorted(range(len(data)),
-                    key=lambda i: len(data[i][0].completion_ids) + sum(len(a) for a in data[i][0].audio) // 640)
-    batches = [by_len[s:s + batch_size] for s in range(0, len(by_len), batch_size)]
-    total_steps = max(1, epochs * len(batches))
-    warmup = int(float(c.get("warmup", 0.1)) * total_steps)
-    schedule = str(c.get("schedule", "cosine"))
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"cold_start.schedule={schedule!r}: expected 'cosine' or 'constant'")
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        if schedule == "constant":
-            return lr
-        frac = (step - warmup) / max(1, total_steps - warmup)
-        return lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))  # cosine down to lr / 10
-
-    probe = data[:min(16, len(data))]
-    policy.model.eval()
-    nll_before = _nll(policy, probe, batch_size)
-    _log(f"teacher-token NLL before: {nll_before:.3f}")
-    order_rng = random.Random(seed)
-    losses, t1 = [], time.perf_counter()
-    policy.model.train()
-    step = 0
-    for epoch in range(epochs):
-        order_rng.shuffle(batches)
-        tot, cnt = 0.0, 0.0
-        for b in batches:
-            chunk = [data[i] for i in b]
-            batch = policy.build_batch([d[0] for d in chunk])
-            logp = policy.forward_logprobs(batch)
-            m = _loss_mask(batch, [d[1] for d in chunk], logp)
-            loss = -(logp * m).sum() / m.sum().clamp_min(1.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            opt.step()
-            step += 1
-            tot += float(loss.detach()) * float(m.sum())
-            cnt += float(m.sum())
-        losses.append(tot / max(cnt, 1.0))
-        _log(f"epoch {epoch + 1}/{epochs}: NLL {losses[-1]:.3f} ({time.perf_counter() - t1:.1f}s)")
-    train_s = time.perf_counter() - t1
-    policy.model.eval()
-    nll_after = _nll(policy, probe, batch_size)
-    if frozen is not None:
-        frozen.__exit__(None, None, None)
-
-    fmt: Dict[str, Any] = {}
-    eval_s = 0.0
-    if n_eval > 0:
-        t2 = time.perf_counter()
-        # First turns of scenarios the training did not use, when there are any.
-        held = [scenarios[(n_dialogues + i) % len(scenarios)] for i in range(n_eval)]
-        prompts = first_user_prompts(held, sim_cfg, tok, policy.sample_rate, opts["open_think"],
-                                     opts["user_text_in_prompt"], opts["system_prompt"])
-        fmt = sample_format_rate(policy, prompts, max_new_tokens=48, think_budget=opts["think_budget"],
-                                 seed=seed + 1)
-        eval_s = time.perf_counter() - t2
-        _log(f"sampled format rate {fmt['format_rate']:.2f} over {fmt['n']} turns, styles {fmt['styles']}")
-
-    out = Path(out_dir)
-    policy.save_pretrained(out)
-    result = {"version": COLD_START_VERSION, "config": c, "sim_cfg": _plain(sim_cfg), "model_path": str(model_path),
-              "dialogues": len(data), "tokens": n_tokens, "teacher_tokens": n_policy, "losses": losses,
-              "nll_before": nll_before, "nll_after": nll_after, "format": fmt,
-              "wall_s": {"synthesis": synth_s, "train": train_s, "eval": eval_s,
-                         "total": time.perf_counter() - t0}}
+        fmt: Dict[str, Any] = {}
+        eval_s = 0.0
+        if cfg.eval_prompts > 0:
+            t2 = time.perf_counter()
+            # First turns of scenarios the training did not use, when there are any.
+            held = [scenarios[(cfg.dialogues + i) % len(scenarios)] for i in range(cfg.eval_prompts)]
+            fmt = recipe.evaluate(held, sim_cfg)
+            eval_s = time.perf_counter() - t2
+            _log(f"sampled format rate {fmt['format_rate']:.2f} over {fmt['n']} turns, styles {fmt['styles']}")
+        out = recipe.save_checkpoint(out_dir)
+    finally:
+        recipe.cleanup()
+    result = {"version": COLD_START_VERSION, "config": dataclasses.asdict(cfg), "dialogue": _settings_dict(settings),
+              "sim_cfg": _sim_dict(sim_cfg), "model_path": str(model_path), "dialogues": len(data),
+              "tokens": n_tokens, "teacher_tokens": n_policy, **trained, "format": fmt,
+              "wall_s": {"synthesis": synth_s, "train": train_s, "eval": eval_s, "total": time.perf_counter() - t0}}
     (out / "cold_start.json").write_text(json.dumps(result, indent=2, default=str))
     _log(f"saved to {out} in {result['wall_s']['total']:.1f}s")
     return result
 
 
 # -- cache -----------------------------------------------------------------------------------------------
-def _plain(d: Mapping[str, Any]) -> Dict[str, Any]:
-    if not isinstance(d, dict):
-        try:
-            from omegaconf import OmegaConf
+def _sim_dict(sim_cfg: Any) -> Dict[str, Any]:
+    """The simulator config as plain JSON data (a mapping or the schema's dataclass: the same result)."""
+    from antiphon.config import to_dataclass
 
-            if OmegaConf.is_config(d):
-                return OmegaConf.to_container(d, resolve=True)
-        except ImportError:
-            pass
-    return json.loads(json.dumps(dict(d), default=str))
+    return json.loads(json.dumps(dataclasses.asdict(to_dataclass(sim_cfg, SimulatorConfig)), default=str))
+
+
+def _settings_dict(settings: DialogueSettings) -> Dict[str, Any]:
+    """What of the dialogue settings shapes the data (not how long to wait, not how many at once)."""
+    d = dataclasses.asdict(settings)
+    for k in ("simulator_timeout_s", "max_concurrent"):
+        d.pop(k, None)
+    return json.loads(json.dumps(d, default=str))
 
 
 def _model_fingerprint(model_path) -> str:
@@ -541,9 +559,14 @@ def _model_fingerprint(model_path) -> str:
     return h.hexdigest()
 
 
-def cold_start_key(model_path, scenarios_key: str, sim_cfg: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
-    blob = json.dumps({"v": COLD_START_VERSION, "model": _model_fingerprint(model_path),
-                       "cfg": {**DEFAULTS, **_plain(cfg)}, "scenarios": str(scenarios_key), "sim": _plain(sim_cfg)},
+def cold_start_key(model_path, scenarios_key: str, sim_cfg: Any, cfg: ColdStartConfig,
+                   settings: DialogueSettings) -> str:
+    from antiphon.config import to_dataclass
+
+    c = dataclasses.asdict(to_dataclass(cfg, ColdStartConfig))
+    c.pop("enabled", None)
+    blob = json.dumps({"v": COLD_START_VERSION, "model": _model_fingerprint(model_path), "cfg": c,
+                       "dialogue": _settings_dict(settings), "scenarios": str(scenarios_key), "sim": _sim_dict(sim_cfg)},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -555,50 +578,36 @@ def _valid(target: Path, key: str) -> bool:
         return False
 
 
-def ensure_cold_start(model_path, scenarios_key: str, sim_cfg: Mapping[str, Any], cfg: Mapping[str, Any],
-                      cache_dir, scenarios: Optional[Sequence[Scenario]] = None) -> Path:
+def ensure_cold_start(model_path, scenarios_key: str, sim_cfg: Any, cfg: ColdStartConfig,
+                      settings: DialogueSettings, cache_dir, scenarios: Optional[Sequence[Scenario]] = None) -> Path:
     """The cold-started policy directory for these inputs, trained once and reused (e.g. by a Hydra multirun).
 
-    Keyed by the model's weights, ``cfg``, ``scenarios_key`` (names the scenario set) and ``sim_cfg``.
-    ``scenarios``: the set itself; default: ``sim_cfg``'s ``scenarios`` file, else
-    ``simulator.scenarios.generate_scenarios`` from its ``num_scenarios``/``seed``/``max_turns``. Built in a
-    temporary folder and renamed into place; a file lock serialises processes on one machine, and a process
-    that loses a rename race (no shared lock, e.g. another machine) uses the winner's.
+    Keyed by the model's weights, ``cfg``, ``settings``, ``scenarios_key`` (names the scenario set) and
+    ``sim_cfg``. ``scenarios``: the set itself; default: ``sim_cfg``'s ``scenarios`` file, else
+    ``simulator.scenarios.generate_scenarios`` from its ``num_scenarios``/``seed``/``max_turns``. Built
+    once into the cache (``antiphon.cache.build_once``).
     """
     cache = Path(os.path.expanduser(str(cache_dir)))
-    cache.mkdir(parents=True, exist_ok=True)
-    key = cold_start_key(model_path, scenarios_key, sim_cfg, cfg)
+    key = cold_start_key(model_path, scenarios_key, sim_cfg, cfg, settings)
     target = cache / f"cold-start-{key}"
-    if _valid(target, key):
-        _log(f"reusing {target}")
-        return target
-    with open(cache / f".cold-start-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _valid(target, key):
-            _log(f"reusing {target}")
-            return target
+
+    def build(tmp: Path) -> None:
+        nonlocal scenarios
         if scenarios is None:
             from simulator.scenarios import generate_scenarios, read_jsonl
 
-            sc = _plain(sim_cfg)
+            sc = _sim_dict(sim_cfg)
             scenarios = read_jsonl(sc["scenarios"]) if sc.get("scenarios") else generate_scenarios(
-                int(sc.get("num_scenarios", 1000)), int(sc.get("seed", 0)), int(sc.get("max_turns", 3)))
-        tmp = Path(tempfile.mkdtemp(prefix=f".cold-start-{key}-", dir=cache))
-        try:
-            result = train_cold_start(model_path, tmp, scenarios, sim_cfg, cfg)
-            result["key"] = key
-            result["scenarios_key"] = str(scenarios_key)
-            (tmp / "cold_start.json").write_text(json.dumps(result, indent=2, default=str))
-            if target.exists() and not _valid(target, key):
-                shutil.rmtree(target, ignore_errors=True)  # a broken leftover
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not _valid(target, key):  # another process won the race with a valid result: use it
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+                int(sc["num_scenarios"]), int(sc["seed"]), int(sc["max_turns"]))
+        result = train_cold_start(model_path, tmp, scenarios, sim_cfg, cfg, settings)
+        result["key"] = key
+        result["scenarios_key"] = str(scenarios_key)
+        (tmp / "cold_start.json").write_text(json.dumps(result, indent=2, default=str))
+
+    if _valid(target, key):
+        _log(f"reusing {target}")
+        return target
+    return build_once(target, build, lambda p: _valid(p, key))
 
 
 # -- CLI -------------------------------------------------------------------------------------------------
@@ -607,14 +616,20 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap.add_argument("--out", required=True, help="output directory (a policy transformers and vLLM load)")
     ap.add_argument("--model", help="policy directory (default: the tiny policy, built on demand)")
     ap.add_argument("--cache-dir", default=os.environ.get("ANTIPHON_CACHE", "~/.cache/antiphon"))
-    for k, v in DEFAULTS.items():
-        ap.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
-    ap.add_argument("--num-scenarios", type=int, default=1000)
-    ap.add_argument("--scenario-seed", type=int, default=0)
-    ap.add_argument("--max-turns", type=int, default=3)
-    ap.add_argument("--voice", default="espeak")
-    ap.add_argument("--eval-prompts", type=int, default=32)
-    ap.add_argument("--train-audio", action="store_true")
+    # learner.cold_start's fields, with the schema's defaults.
+    for f in dataclasses.fields(ColdStartConfig):
+        if f.name == "enabled":
+            continue
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            ap.add_argument(flag, type=type(f.default), default=f.default)
+    sim, dia = SimulatorConfig(), DialogueSettings()
+    ap.add_argument("--num-scenarios", type=int, default=sim.num_scenarios)
+    ap.add_argument("--scenario-seed", type=int, default=sim.seed)
+    ap.add_argument("--max-turns", type=int, default=dia.max_turns, help="agent turns per dialogue")
+    ap.add_argument("--voice", default=sim.voice)
     args = ap.parse_args(argv)
 
     from simulator.scenarios import generate_scenarios
@@ -626,12 +641,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         from antiphon.model.tiny import ensure_tiny_policy
 
         model_path = ensure_tiny_policy(dataclasses.asdict(TinyModelConfig()), args.cache_dir)
-    sim_cfg = {"_target_": "simulator.scripted.ScriptedSimulator", "voice": args.voice, "seed": args.scenario_seed,
-               "num_scenarios": args.num_scenarios, "max_turns": args.max_turns}
+    sim_cfg = SimulatorConfig(voice=args.voice, seed=args.scenario_seed, num_scenarios=args.num_scenarios,
+                              max_turns=args.max_turns)
     scenarios = generate_scenarios(args.num_scenarios, args.scenario_seed, args.max_turns)
-    cfg = {k: getattr(args, k) for k in DEFAULTS}
-    cfg.update(max_turns=args.max_turns, eval_prompts=args.eval_prompts, train_audio=args.train_audio)
-    result = train_cold_start(model_path, args.out, scenarios, sim_cfg, cfg)
+    cfg = ColdStartConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ColdStartConfig)
+                             if f.name != "enabled"})
+    settings = dataclasses.replace(dia, max_turns=args.max_turns)
+    result = train_cold_start(model_path, args.out, scenarios, sim_cfg, cfg, settings)
     print(json.dumps({k: result[k] for k in ("losses", "nll_before", "nll_after", "wall_s")}
                      | {"format": {k: v for k, v in result["format"].items() if k != "examples"}}, indent=2))
     return result

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from antiphon.cache import build_once
 from antiphon.model.tokens import AUDIO, AUDIO_BOS, AUDIO_EOS, END_THINK, IM_END, IM_START, REASONING_TOKENS, \
     SPECIAL_TOKENS, THINK, ENDOFTEXT
 
@@ -169,21 +167,8 @@ def tiny_key(tiny: Mapping[str, Any]) -> str:
 def ensure_tiny_policy(tiny: Mapping[str, Any], cache_dir: str | os.PathLike) -> Path:
     """The cached tiny policy directory, building it once (atomically, safe across processes)."""
     cache = Path(os.path.expanduser(str(cache_dir)))
-    cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"tiny-qwen2-audio-{tiny_key(tiny)}"  # antiphon.config's ${policy_dir:} names it too
-    if (target / "antiphon_tiny.json").exists():
-        return target
-    with open(cache / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "antiphon_tiny.json").exists():
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=cache))
-        try:
-            build_policy(tiny, tmp)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(target, lambda tmp: build_policy(tiny, tmp), lambda p: (p / "antiphon_tiny.json").exists())
 
 
 def resolve_model_path(model_cfg) -> Path:

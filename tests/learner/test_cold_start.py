@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -9,6 +10,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from actors.dialogue import Dialogue, DialogueSettings
+from antiphon.config.schema import ColdStartConfig
 from antiphon.dialogue import simulator_factory
 from antiphon.model.chat import ChatFormat
 from antiphon.model.tokens import END_THINK, structural_token_ids
@@ -74,46 +77,90 @@ def test_format_tokens_are_not_banned(tokenizer):
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") not in banned
 
 
-@pytest.mark.parametrize("opts", [{}, {"system_prompt": "You are kind.", "user_text_in_prompt": False}])
-def test_synthetic_layout_equals_the_rollout(tokenizer, chat, opts):
-    """The same simulator answered by a scripted engine replaying the teacher's tokens through the rollout's
-    Dialogue gives exactly the synthetic ids, policy mask and clips."""
-    from actors.dialogue import Dialogue, DialogueSettings
-    from learner.policy import trajectory_sample
+def _replay(traj, scenario, chat, settings):
+    """The same dialogue held by the rollout's loop with a scripted engine that returns, request by request,
+    exactly the tokens the cold start's teacher produced (what a rollout worker would record had its
+    engine sampled them)."""
     from support import ScriptedEngine
 
+    end_think = chat.tokenizer.convert_tokens_to_ids(END_THINK)
+    replies = []
+    for a, b in _runs(traj.policy_mask):
+        turn = [int(t) for t in traj.token_ids[a:b]]
+        k = turn.index(end_think) + 1 if settings.open_think and settings.think_budget > 0 else 0
+        replies += [turn[:k], turn[k:]] if k else [turn]  # the reasoning request (stopped at </think>), the reply
+    engine = ScriptedEngine(replies)
+    make_sim = simulator_factory(SIM, 16000)
+    ref = asyncio.run(Dialogue(engine, make_sim(), scenario, chat, None, settings).run())
+    return ref, engine
+
+
+@pytest.mark.parametrize("opts", [{}, {"system_prompt": "You are kind.", "user_text_in_prompt": False},
+                                  {"think_budget": 0}])
+def test_cold_start_and_rollout_give_the_same_tokens_masks_and_audio(tokenizer, chat, opts):
+    """For the same sampled tokens, the cold start's dialogue and a rollout worker's Dialogue driven by a
+    scripted engine give identical token ids, loss (policy) masks, turn spans and audio."""
     scenarios = generate_scenarios(4, seed=3, max_turns=3)
-    data = cs.synthetic_dialogues(scenarios, SIM, tokenizer, 16000, seed=1, **opts)
-    assert len(data) == len(scenarios)
+    settings = DialogueSettings(**{"max_turns": 3, "think_budget": 32, "max_new_tokens": 64, "open_think": True,
+                                   "simulator_timeout_s": 30.0, **opts})
+    trajs = cs.teacher_trajectories(scenarios, SIM, tokenizer, settings, seed=1)
+    data = cs.synthetic_dialogues(scenarios, SIM, tokenizer, settings, seed=1)
+    assert len(trajs) == len(data) == len(scenarios)
     end_think = tokenizer.convert_tokens_to_ids(END_THINK)
     asked = 0
-    for scenario, (sample, mask) in zip(scenarios, data):
-        replies = []
-        for a, b in _runs(mask):
-            turn = sample.completion_ids[a:b]
-            k = turn.index(end_think) + 1
-            replies += [turn[:k], turn[k:]]  # the reasoning request (stopped at </think>), then the reply request
+    for scenario, traj, (sample, mask) in zip(scenarios, trajs, data):
         asked += "The answer is" in tokenizer.decode(sample.completion_ids)
-        engine = ScriptedEngine(replies)
-        settings = DialogueSettings(max_turns=3, think_budget=32, max_new_tokens=64, open_think=True,
-                                    simulator_timeout_s=30.0, **opts)
-        make_sim = simulator_factory(SIM, 16000)
-        traj = asyncio.run(Dialogue(engine, make_sim(), scenario, chat, None, settings).run())
-        assert traj is not None and not engine.replies  # every teacher piece was asked for
-        ref = trajectory_sample(traj)
-        assert ref.prompt_ids == sample.prompt_ids and ref.completion_ids == sample.completion_ids
-        assert traj.policy_mask[1:].tolist() == mask
-        assert len(ref.audio) == len(sample.audio)
-        for x, y in zip(ref.audio, sample.audio):
+        ref, engine = _replay(traj, scenario, chat, settings)
+        assert ref is not None and not engine.replies  # every teacher piece was asked for
+        np.testing.assert_array_equal(ref.token_ids, traj.token_ids)
+        np.testing.assert_array_equal(ref.policy_mask, traj.policy_mask)
+        assert [(t.role, t.start, t.end) for t in ref.turns] == [(t.role, t.start, t.end) for t in traj.turns]
+        # Every turn the policy saw: the same words and audio. (The user's answer to the last agent turn, a
+        # turn without tokens the cold start does not ask the simulator for, is the one that differs.)
+        for x, y in zip(ref.turns, traj.turns):
+            if x.end == x.start:
+                continue
+            assert (x.text, x.reasoning, x.emotion) == (y.text, y.reasoning, y.emotion)
+            assert (x.audio is None) == (y.audio is None)
+            if x.audio is not None:
+                np.testing.assert_array_equal(x.audio.to_float(), y.audio.to_float())
+        # The training sample is the trajectory's: ids after the first, its policy mask, the user clips heard.
+        assert sample.prompt_ids + sample.completion_ids == [int(t) for t in traj.token_ids]
+        assert mask == traj.policy_mask[1:].tolist()
+        heard = [t.audio.to_float() for t in traj.turns if t.role == "user" and t.end > t.start]
+        assert len(sample.audio) == len(heard) == chat.count_audio(sample.prompt_ids + sample.completion_ids)
+        for x, y in zip(sample.audio, heard):
             np.testing.assert_array_equal(x, y)
-        think_requests = engine.requests[0::2]
-        assert all(r.max_new_tokens == 32 and end_think in r.stop_token_ids for r in think_requests)
+        if settings.think_budget > 0:
+            think_requests = engine.requests[0::2]
+            assert all(r.max_new_tokens == 32 and end_think in r.stop_token_ids for r in think_requests)
+        # The teacher's </think> and <|im_end|> are its own (policy) tokens, never forced ones.
+        for a, b in _runs(traj.policy_mask):
+            assert traj.token_ids[b - 1] == chat.im_end and end_think in traj.token_ids[a:b].tolist()
     assert asked  # the question path was exercised
+
+
+def test_the_teacher_dialogues_are_reproducible(tokenizer):
+    settings = DialogueSettings(max_turns=3)
+    scenarios = generate_scenarios(3, seed=4, max_turns=3)
+    a = cs.synthetic_dialogues(scenarios, SIM, tokenizer, settings, seed=2)
+    b = cs.synthetic_dialogues(scenarios[::-1], SIM, tokenizer, dataclasses.replace(settings, max_concurrent=1),
+                               seed=2)[::-1]
+    c = cs.synthetic_dialogues(scenarios, SIM, tokenizer, settings, seed=3)
+    ids = lambda data: [s.completion_ids for s, _ in data]  # noqa: E731
+    # The rng belongs to the dialogue's index: the same scenario at another index is another draw.
+    assert ids(a)[1] == ids(b)[1] and ids(a) != ids(c)
+
+
+def test_a_teacher_turn_over_the_rollout_budget_is_a_setup_error(tokenizer):
+    with pytest.raises(cs.SetupError, match="too long for the rollout budgets"):
+        cs.synthetic_dialogues(generate_scenarios(1, seed=0), SIM, tokenizer,
+                               DialogueSettings(think_budget=2), seed=0)
 
 
 def test_loss_mask_covers_exactly_the_teacher_tokens(tokenizer, chat):
     scenarios = generate_scenarios(6, seed=5, max_turns=3)
-    data = cs.synthetic_dialogues(scenarios, SIM, tokenizer, 16000, seed=0, system_prompt="Be brief.")
+    data = cs.synthetic_dialogues(scenarios, SIM, tokenizer, DialogueSettings(system_prompt="Be brief."), seed=0)
     end_think = tokenizer.convert_tokens_to_ids(END_THINK)
     template = {chat.im_start, chat.audio_bos, chat.audio, chat.audio_eos, chat.think}
     for sample, mask in data:
@@ -142,10 +189,12 @@ def test_training_lowers_nll_saves_a_policy_and_the_cache_is_reused(tiny_path, t
     from learner.policy import PolicyModel
 
     scenarios = generate_scenarios(8, seed=0, max_turns=3)
-    cfg = {"dialogues": 8, "epochs": 3, "lr": 3e-3, "batch_size": 4, "seed": 0, "eval_prompts": 2}
-    path = cs.ensure_cold_start(str(tiny_path), "gen:8:0", SIM, cfg, tmp_path / "cache", scenarios=scenarios)
+    cfg = ColdStartConfig(dialogues=8, epochs=3, lr=3e-3, batch_size=4, seed=0, eval_prompts=2)
+    settings = DialogueSettings()
+    path = cs.ensure_cold_start(str(tiny_path), "gen:8:0", SIM, cfg, settings, tmp_path / "cache",
+                                scenarios=scenarios)
     info = json.loads((path / "cold_start.json").read_text())
-    assert info["key"] == cs.cold_start_key(str(tiny_path), "gen:8:0", SIM, cfg)
+    assert info["key"] == cs.cold_start_key(str(tiny_path), "gen:8:0", SIM, cfg, settings)
     assert len(info["losses"]) == 3 and info["nll_after"] < info["nll_before"] - 0.5
     assert info["dialogues"] == 8 and info["format"]["n"] == 2 and info["wall_s"]["total"] > 0
 
@@ -157,19 +206,28 @@ def test_training_lowers_nll_saves_a_policy_and_the_cache_is_reused(tiny_path, t
 
     # Same inputs: the cached result, no retraining. Other inputs: another key.
     monkeypatch.setattr(cs, "train_cold_start", lambda *a, **k: pytest.fail("retrained"))
-    again = cs.ensure_cold_start(str(tiny_path), "gen:8:0", SIM, dict(cfg), tmp_path / "cache", scenarios=scenarios)
+    again = cs.ensure_cold_start(str(tiny_path), "gen:8:0", SIM, dataclasses.replace(cfg), DialogueSettings(),
+                                 tmp_path / "cache", scenarios=scenarios)
     assert again == path
-    assert cs.cold_start_key(str(tiny_path), "gen:8:1", SIM, cfg) != info["key"]
-    assert cs.cold_start_key(str(tiny_path), "gen:8:0", SIM, {**cfg, "lr": 1e-3}) != info["key"]
-    assert cs.cold_start_key(str(tiny_path), "gen:8:0", {**SIM, "voice": "piper"}, cfg) != info["key"]
+    # The same config as a plain mapping (a caller not on the dataclasses yet) is the same key.
+    assert cs.cold_start_key(str(tiny_path), "gen:8:0", SIM, dataclasses.asdict(cfg), settings) == info["key"]
+    assert cs.cold_start_key(str(tiny_path), "gen:8:1", SIM, cfg, settings) != info["key"]
+    assert cs.cold_start_key(str(tiny_path), "gen:8:0", SIM, dataclasses.replace(cfg, lr=1e-3), settings) != info["key"]
+    assert cs.cold_start_key(str(tiny_path), "gen:8:0", {**SIM, "voice": "piper"}, cfg, settings) != info["key"]
+    assert cs.cold_start_key(str(tiny_path), "gen:8:0", SIM, cfg,
+                             dataclasses.replace(settings, think_budget=16)) != info["key"]
+    # How long to wait for a simulator does not change the data: the same key.
+    assert cs.cold_start_key(str(tiny_path), "gen:8:0", SIM, cfg,
+                             dataclasses.replace(settings, simulator_timeout_s=99.0)) == info["key"]
 
 
 def test_a_process_losing_the_rename_race_uses_the_winners_result(tiny_path, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    key = cs.cold_start_key(str(tiny_path), "k", SIM, {})
+    cfg, settings = ColdStartConfig(), DialogueSettings()
+    key = cs.cold_start_key(str(tiny_path), "k", SIM, cfg, settings)
     target = cache / f"cold-start-{key}"
 
-    def fake_train(model_path, out_dir, scenarios, sim_cfg, cfg):
+    def fake_train(model_path, out_dir, scenarios, sim_cfg, cfg, settings):
         # Meanwhile another process (on another machine: no shared lock) finished first.
         target.mkdir(parents=True)
         (target / "cold_start.json").write_text(json.dumps({"key": key, "winner": True}))
@@ -178,9 +236,59 @@ def test_a_process_losing_the_rename_race_uses_the_winners_result(tiny_path, tmp
         return result
 
     monkeypatch.setattr(cs, "train_cold_start", fake_train)
-    path = cs.ensure_cold_start(str(tiny_path), "k", SIM, {}, cache, scenarios=generate_scenarios(1))
+    path = cs.ensure_cold_start(str(tiny_path), "k", SIM, cfg, settings, cache, scenarios=generate_scenarios(1))
     assert path == target and json.loads((path / "cold_start.json").read_text())["winner"]
     assert [p.name for p in cache.iterdir() if p.is_dir()] == [target.name]  # the loser's folder is gone
+
+
+def test_a_failed_build_leaves_nothing_behind(tiny_path, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cs, "train_cold_start", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        cs.ensure_cold_start(str(tiny_path), "k", SIM, ColdStartConfig(), DialogueSettings(), tmp_path / "cache",
+                             scenarios=generate_scenarios(1))
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+
+
+def test_frozen_audio_is_a_with_block_that_restores_the_policy(tiny_path):
+    from learner.policy import PolicyModel
+
+    policy = PolicyModel(tiny_path)
+    frontend = policy.frontend
+    with pytest.raises(RuntimeError):
+        with cs.frozen_audio(policy):
+            assert policy.frontend is not frontend
+            assert not any(p.requires_grad for p in policy.model.model.audio_tower.parameters())
+            clip = np.zeros(8000, np.float32)
+            assert policy.frontend([clip])[0] is policy.frontend([clip])[0]  # computed once per clip
+            raise RuntimeError("mid-training failure")
+    assert policy.frontend is frontend
+    assert all(p.requires_grad for p in policy.model.model.audio_tower.parameters())
+
+
+def test_the_format_check_counts_only_what_the_policy_sampled(tokenizer, chat):
+    """Forced </think> (think budget spent) and forced <|im_end|> (turn budget spent) are not the format."""
+    from support import ScriptedEngine
+
+    end_think = tokenizer.convert_tokens_to_ids(END_THINK)
+    good = [chat.text("i think") + [end_think], chat.text("[calm] Hello.") + [chat.im_end]]
+    no_think = [chat.text("a b c d e f g h i j k l m n o p")[:8], chat.text("[calm] Hello.") + [chat.im_end]]
+    no_end = [chat.text("i think") + [end_think], chat.text("[calm] Hello there my friend")[:4]]
+    settings = DialogueSettings(max_turns=1, think_budget=8, max_new_tokens=16)
+    out = []
+    for replies in (good, no_think, no_end):
+        traj = asyncio.run(Dialogue(ScriptedEngine(replies), simulator_factory(SIM, 16000)(),
+                                    generate_scenarios(1, seed=0)[0], chat, None, settings).run())
+        turn = next(t for t in traj.turns if t.role == "assistant")
+        out.append(cs.turn_format(chat, traj.token_ids[turn.start:turn.end], traj.policy_mask[turn.start:turn.end],
+                                  settings.think_budget))
+    assert out[0]["ok"] and out[0]["style"] == "calm"
+    assert not out[1]["ok"] and not out[1]["think"] and out[1]["ended"]  # the forced </think> is not counted
+    assert not out[2]["ok"] and not out[2]["ended"] and out[2]["think_in_budget"]  # nor the forced <|im_end|>
+    summary = cs.format_summary(out)
+    assert summary["n"] == 3 and summary["format_rate"] == pytest.approx(1 / 3) and summary["styles"]["calm"] == 1
 
 
 @pytest.mark.slow
@@ -190,11 +298,12 @@ def test_default_cold_start_emits_the_format_when_sampled(tiny_path, tmp_path):
     from learner.policy import PolicyModel
 
     scenarios = generate_scenarios(1000, seed=0, max_turns=3)
-    result = cs.train_cold_start(tiny_path, tmp_path / "cold", scenarios, SIM, {**cs.DEFAULTS, "eval_prompts": 0})
+    result = cs.train_cold_start(tiny_path, tmp_path / "cold", scenarios, SIM, ColdStartConfig(eval_prompts=0),
+                                 DialogueSettings())
     assert result["nll_after"] < 0.5
     policy = PolicyModel(tmp_path / "cold")  # the saved checkpoint itself
-    prompts = cs.first_user_prompts(generate_scenarios(48, seed=99, max_turns=3), SIM, policy.tokenizer, 16000)
-    fmt = cs.sample_format_rate(policy, prompts, samples_per_prompt=2, seed=3)
-    assert fmt["format_rate"] >= 0.8, fmt
+    fmt = cs.sample_format_rate(policy, generate_scenarios(48, seed=99, max_turns=3), SIM, DialogueSettings(),
+                                samples_per_prompt=2, seed=3)
+    assert fmt["n"] == 96 and fmt["format_rate"] >= 0.8, fmt
     assert fmt["think_in_budget_rate"] >= 0.8 and fmt["end_rate"] >= 0.9
     assert sum(v > 0 for v in fmt["styles"].values()) >= 6 and fmt["max_style_share"] <= 0.35, fmt["styles"]
