@@ -113,7 +113,7 @@ class RolloutWorker:
         if getattr(self, "transport", None) is None:
             from antiphon.transport import from_config
 
-            self.transport = from_config(transport_cfg, asynchronous=True)
+            self.transport = from_config(transport_cfg)
         return self.transport
 
     def _ensure_dialogue_parts(self) -> None:
@@ -155,13 +155,10 @@ class RolloutWorker:
         flight, waiting for admission)."""
         from collections import Counter
 
-        from antiphon.transport import AsyncAdmission
-
         self._ensure_dialogue_parts()
         transport = await self._transport(transport_cfg)
         stream = transport.stream("trajectories")
         make_sim = simulator_factory(simulator_cfg, self.settings.sample_rate)
-        adm = AsyncAdmission(transport)
         s, b, g = int(admission["max_staleness"]), int(admission["batch_size"]), int(admission["group_size"])
         cap = max(1, self.rollout_cfg.dialogue.max_concurrent)
         self._stop = asyncio.Event()
@@ -187,7 +184,7 @@ class RolloutWorker:
                     stats["published"] += 1
             finally:
                 if traj is None:
-                    await adm.release(1)  # nothing to train: the slot goes back to the pool
+                    await transport.release_admission(1)  # nothing to train: the slot goes back to the pool
                     stats["released"] += 1
 
         t0 = time.perf_counter()
@@ -197,7 +194,7 @@ class RolloutWorker:
                 if len(in_flight) >= cap:
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                ticket, version = await adm.try_admit(s, b)
+                ticket, version = await transport.try_admit(s, b)
                 if ticket is None:
                     if not in_flight and idle_since is None:
                         idle_since = time.perf_counter()

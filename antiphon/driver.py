@@ -17,7 +17,8 @@ from antiphon.metrics import progress_line
 
 class TrainingDriver:
     """One run's loop over learner steps ``first..last`` (``learner`` and ``workers`` are Ray actor handles;
-    ``admission`` is the run's admission control; ``sink`` a :class:`antiphon.metrics.MetricsSink`)."""
+    ``admission`` is the run's ``BlockingTransport``, for its admission operations; ``sink`` a
+    :class:`antiphon.metrics.MetricsSink`)."""
 
     def __init__(self, learner, workers: List[Any], admission, learner_cfg, sink,
                  say: Callable[[str], None], t_start: float):
@@ -40,7 +41,7 @@ class TrainingDriver:
         version, refs, t_b = self._pending
         self._pending = None
         load = ray.get(refs)
-        self.admission.set_version(version)
+        self.admission.set_admission_version(version)
         return max(load), time.perf_counter() - t_b
 
     def run(self, first: int) -> List[Dict[str, Any]]:
@@ -70,7 +71,7 @@ class TrainingDriver:
                 if sync:
                     load_s, bcast_s = self._finish_broadcast()
             else:
-                self.admission.set_version(version)
+                self.admission.set_admission_version(version)
             if ckpt_ref is not None:
                 ray.get(ckpt_ref)
             now = time.perf_counter()

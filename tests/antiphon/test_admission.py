@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from antiphon.transport import Admission, AsyncAdmission, EmbeddedValkey, from_config
+from antiphon.transport import BlockingTransport, EmbeddedValkey, from_config
 
 
 @pytest.fixture(scope="module")
@@ -20,37 +20,33 @@ def _cfg(server):
 
 
 def test_bound_is_staleness_plus_version_plus_one_batches(server):
-    t = from_config(_cfg(server))
-    adm = Admission(t)
-    got = [adm.try_admit(1, 4)[0] for _ in range(10)]
-    assert got == list(range(8)) + [None, None]  # (1 + 0 + 1) * 4 = 8
-    adm.set_version(1)
-    assert [adm.try_admit(1, 4)[0] for _ in range(5)] == [8, 9, 10, 11, None]
-    adm.release(2)  # two dialogues ended with nothing to train: their room comes back
-    assert adm.try_admit(1, 4) == (12, 1)
-    assert adm.state() == {"admitted": 11, "ticket": 13, "version": 1}  # 12 - 2 + 1
-    t.close()
+    with BlockingTransport(from_config(_cfg(server))) as t:
+        got = [t.try_admit(1, 4)[0] for _ in range(10)]
+        assert got == list(range(8)) + [None, None]  # (1 + 0 + 1) * 4 = 8
+        t.set_admission_version(1)
+        assert [t.try_admit(1, 4)[0] for _ in range(5)] == [8, 9, 10, 11, None]
+        t.release_admission(2)  # two dialogues ended with nothing to train: their room comes back
+        assert t.try_admit(1, 4) == (12, 1)
+        assert t.admission_state() == {"admitted": 11, "ticket": 13, "version": 1}  # 12 - 2 + 1
+        t.reset_admission(version=3, admitted=2)  # a resumed run: only what it says is in flight
+        assert t.admission_state() == {"admitted": 2, "ticket": 0, "version": 3}
 
 
 def test_on_policy_admits_exactly_one_batch_per_version(server):
-    t = from_config(_cfg(server))
-    adm = Admission(t)
-    assert sum(adm.try_admit(0, 3)[0] is not None for _ in range(6)) == 3
-    t.close()
+    with BlockingTransport(from_config(_cfg(server))) as t:
+        assert sum(t.try_admit(0, 3)[0] is not None for _ in range(6)) == 3
 
 
 def test_concurrent_async_workers_never_overshoot(server):
     cfg = _cfg(server)
 
     async def worker(n_tries):
-        t = from_config(cfg, asynchronous=True)
-        adm = AsyncAdmission(t)
-        got = []
-        for _ in range(n_tries):
-            ticket, _ = await adm.try_admit(2, 5)
-            if ticket is not None:
-                got.append(ticket)
-        await t.close()
+        async with from_config(cfg) as t:
+            got = []
+            for _ in range(n_tries):
+                ticket, _ = await t.try_admit(2, 5)
+                if ticket is not None:
+                    got.append(ticket)
         return got
 
     async def main():
@@ -58,15 +54,13 @@ def test_concurrent_async_workers_never_overshoot(server):
 
     tickets = [x for g in asyncio.run(main()) for x in g]
     assert sorted(tickets) == list(range(15))  # (2 + 0 + 1) * 5, each ticket once
-    t = from_config(cfg)
-    assert Admission(t).state()["admitted"] == 15
-    t.close()
+    with BlockingTransport(from_config(cfg)) as t:
+        assert t.admission_state()["admitted"] == 15
 
 
 def test_bad_bounds_name_the_field(server):
-    t = from_config(_cfg(server))
-    with pytest.raises(ValueError, match="learner.max_staleness"):
-        Admission(t).try_admit(-1, 4)
-    with pytest.raises(ValueError, match="learner.batch_size"):
-        Admission(t).try_admit(0, 0)
-    t.close()
+    with BlockingTransport(from_config(_cfg(server))) as t:
+        with pytest.raises(ValueError, match="learner.max_staleness"):
+            t.try_admit(-1, 4)
+        with pytest.raises(ValueError, match="learner.batch_size"):
+            t.try_admit(0, 0)

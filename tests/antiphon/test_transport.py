@@ -11,11 +11,11 @@ import uuid
 import msgpack
 import numpy as np
 import pytest
-import redis
 
+from antiphon.config.schema import TransportConfig
 from antiphon.protocol import SCHEMA_VERSION, Trajectory, TurnRecord, decode, encode
 from antiphon.transport import (
-    AsyncRedisTransport, Backlog, BackpressureTimeout, EmbeddedValkey, RedisTransport, TransportConfigError,
+    Backlog, BackpressureTimeout, BlockingTransport, EmbeddedValkey, RedisTransport, TransportConfigError,
     TransportError, from_config,
 )
 
@@ -39,10 +39,29 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-def transport(server):
-    # A fresh namespace per test: streams, groups and counters never leak between tests.
-    with RedisTransport(server.url, f"t{uuid.uuid4().hex[:8]}", max_unconsumed=None) as t:
-        yield t
+def make(server):
+    """A blocking transport on the test server with the given settings; a fresh namespace per call, so
+    streams, groups and counters never leak between tests."""
+    made = []
+
+    def make(**settings) -> BlockingTransport:
+        made.append(BlockingTransport(from_config({"url": server.url, "namespace": f"t{uuid.uuid4().hex[:8]}",
+                                                   **settings})))
+        return made[-1]
+
+    yield make
+    for t in made:
+        t.close()
+
+
+@pytest.fixture
+def transport(make):
+    return make(max_unconsumed=None)
+
+
+def _ping(cfg, **kw) -> None:
+    with BlockingTransport(from_config(cfg), **kw) as t:
+        t.ping()
 
 
 def test_publish_read_ack_round_trip(transport):
@@ -86,10 +105,10 @@ def test_claim_stale_takes_over_a_dead_consumers_messages(transport):
     time.sleep(0.05)
     claimed = transport.claim_stale(stream, GROUP, "alive", min_idle_ms=30, count=10)
     assert [m for m, _ in claimed] == sent and decode(claimed[0][1]).trajectory_id == "t-0"
-    info = {c["name"]: c["pending"] for c in transport.client.xinfo_consumers(stream, GROUP)}
-    assert info[b"alive"] == 3 and info[b"dead"] == 0
+    info = transport.pending_by_consumer(stream, GROUP)
+    assert info["alive"] == 3 and info["dead"] == 0
     # An entry deleted from the stream while pending cannot be processed: dropped from the group and counted.
-    transport.client.xdel(stream, sent[0])
+    assert transport.delete(stream, [sent[0]]) == 1
     time.sleep(0.05)
     assert [m for m, _ in transport.claim_stale(stream, GROUP, "third", 30, 10)] == sent[1:]
     assert transport.counters()["deleted_before_ack"] == 1 and transport.pending(stream, GROUP) == 2
@@ -108,13 +127,13 @@ def test_bad_messages_are_dead_lettered_counted_and_acked(transport):
     assert [(m, t.trajectory_id) for m, t in good] == [(good_id, "t-1")]
     assert transport.pending(stream, GROUP) == 1  # only the good one awaits its ack
 
-    dead = {f[b"source_id"].decode(): f for _, f in transport.client.xrange(transport.dead_stream)}
+    dead = {d.source_id: d for d in transport.dead_letters()}
     assert set(dead) == {garbage_id, version_id}
-    assert dead[garbage_id][b"d"] == b"\xc1garbage"
-    assert dead[garbage_id][b"reason"].startswith(b"message: not msgpack")
+    assert dead[garbage_id].payload == b"\xc1garbage"
+    assert dead[garbage_id].reason.startswith("message: not msgpack")
     want = f"v: schema version {SCHEMA_VERSION + 1}, this build reads {SCHEMA_VERSION}"
-    assert dead[version_id][b"reason"] == want.encode()
-    assert dead[version_id][b"source"] == stream.encode() and dead[version_id][b"group"] == GROUP.encode()
+    assert dead[version_id].reason == want
+    assert dead[version_id].source == stream and dead[version_id].group == GROUP
     assert transport.counters() == {"dead_letter": 2, "dead_letter:message": 1, "dead_letter:v": 1}
 
     # Acknowledged: neither redelivered nor claimable, and dead-lettering again is refused (no double count).
@@ -125,8 +144,8 @@ def test_bad_messages_are_dead_lettered_counted_and_acked(transport):
     assert transport.counters()["dead_letter"] == 2
 
 
-def test_publish_waits_for_the_consumer_then_proceeds(transport):
-    transport.max_unconsumed = 2
+def test_publish_waits_for_the_consumer_then_proceeds(make):
+    transport = make(max_unconsumed=2)
     stream = transport.stream("scored")
     transport.ensure_group(stream, GROUP)
     transport.publish(stream, b"1")
@@ -151,11 +170,11 @@ def test_publish_waits_for_the_consumer_then_proceeds(transport):
     # Delivered but not acknowledged still counts (2 while the third waited); the third went in only
     # after the consumer acknowledged one: the producer was blocked until room appeared.
     assert seen == [2, "acking", "published"]
-    assert transport.client.xlen(stream) == 3
+    assert transport.length(stream) == 3
 
 
-def test_publish_times_out_with_a_clear_error(transport):
-    transport.max_unconsumed, transport.publish_timeout_s = 2, 0.3
+def test_publish_times_out_with_a_clear_error(make):
+    transport = make(max_unconsumed=2, publish_timeout_s=0.3)
     stream = transport.stream("scored")
     transport.publish(stream, b"1")
     transport.publish(stream, b"2")
@@ -168,7 +187,7 @@ def test_publish_times_out_with_a_clear_error(transport):
         transport.publish(stream, b"3")
     for needle in ("group 'monitor'", "2 entries", "transport.max_unconsumed=2", "transport.publish_timeout_s"):
         assert needle in str(e.value)
-    assert transport.client.xlen(stream) == 2
+    assert transport.length(stream) == 2
 
 
 def test_id_hint_makes_publish_idempotent(transport):
@@ -176,7 +195,7 @@ def test_id_hint_makes_publish_idempotent(transport):
     first = transport.publish(stream, b"a", id_hint="t-1")
     assert transport.publish(stream, b"a", id_hint="t-1") == first
     assert transport.publish(stream, b"b", id_hint="t-2") != first
-    assert transport.client.xlen(stream) == 2
+    assert transport.length(stream) == 2
 
 
 def test_trim_acknowledged_keeps_what_any_group_still_needs(transport):
@@ -193,13 +212,36 @@ def test_trim_acknowledged_keeps_what_any_group_still_needs(transport):
     transport.read(stream, "b", "c", 5)
     transport.ack(stream, "b", ids)
     assert transport.trim_acknowledged(stream) == 1  # group a still holds ids[3:] pending
-    assert [m for m, _ in transport.client.xrange(stream)] == [i.encode() for i in ids[3:]]
+    assert [m for m, _ in transport.scan(stream)] == ids[3:]
+
+
+def test_newest_reads_without_consuming(transport):
+    stream = transport.stream("trajectories")
+    transport.ensure_group(stream, GROUP)
+    ids = [transport.publish(stream, encode(_traj(i))) for i in range(3)]
+    junk = transport.publish(stream, b"junk")
+    assert [m for m, _ in transport.newest(stream, 2)] == [junk, ids[2]]  # newest first
+    assert [t.trajectory_id for t in transport.newest_decoded(stream, 3, decode)] == ["t-2", "t-1"]  # junk skipped
+    assert transport.backlog(stream) == Backlog(4, GROUP) and transport.counters() == {}  # nothing consumed
+
+
+def test_blocking_calls_keep_a_timeout(server):
+    cfg = {"url": server.url, "namespace": f"t{uuid.uuid4().hex[:8]}", "max_unconsumed": 1, "publish_timeout_s": 60}
+    with BlockingTransport(from_config(cfg), timeout_s=0.3) as t:
+        stream = t.stream("scored")
+        t.publish(stream, b"1")
+        with pytest.raises(TransportError, match="publish on .* did not finish within 0.3 s"):
+            t.publish(stream, b"2")  # backpressure: nobody consumes, publish would wait 60 s
+        assert t.length(stream) == 1
+        with pytest.raises(AttributeError):
+            t._client  # only the transport's public operations pass through
 
 
 def test_async_transport(server):
     async def run():
         ns = f"a{uuid.uuid4().hex[:8]}"
-        async with AsyncRedisTransport(server.url, ns, max_unconsumed=2, publish_timeout_s=5) as t:
+        async with from_config({"url": server.url, "namespace": ns, "max_unconsumed": 2,
+                                "publish_timeout_s": 5}) as t:
             await t.ping()
             stream = t.stream("trajectories")
             await t.ensure_group(stream, GROUP)
@@ -227,16 +269,18 @@ def test_the_server_demands_the_password(server, monkeypatch, tmp_path):
     bare_url = f"redis://127.0.0.1:{server.port}/0"
     monkeypatch.delenv("ANTIPHON_REDIS_PASSWORD", raising=False)
     with pytest.raises(TransportError, match=r"refused authentication; password from none"):
-        from_config({"url": bare_url, "namespace": "n"}).ping()
+        _ping({"url": bare_url, "namespace": "n"})
     with pytest.raises(TransportError, match="refused authentication") as e:
-        RedisTransport(bare_url, "n", password="wrong-password").ping()
+        with BlockingTransport(RedisTransport(TransportConfig(url=bare_url, namespace="n"),
+                                              password="wrong-password")) as t:
+            t.ping()
     assert server.password not in str(e.value)
 
     monkeypatch.setenv("MY_PW", server.password)  # the password from the variable password_env names
-    from_config({"url": bare_url, "namespace": "n", "password_env": "MY_PW"}).ping()
+    _ping({"url": bare_url, "namespace": "n", "password_env": "MY_PW"})
     secret = tmp_path / "pw"
     secret.write_text(server.password + "\n")  # ... or from password_file
-    from_config({"url": bare_url, "namespace": "n", "password_env": "UNSET_VAR", "password_file": str(secret)}).ping()
+    _ping({"url": bare_url, "namespace": "n", "password_env": "UNSET_VAR", "password_file": str(secret)})
     with pytest.raises(TransportConfigError, match=r"transport.password_file: '/nonexistent/pw' does not exist"):
         from_config({"url": bare_url, "namespace": "n", "password_file": "/nonexistent/pw"})
 
@@ -250,12 +294,26 @@ def test_config_errors_name_the_field(server):
         from_config({"url": server.url, "namespace": "a b"})
     with pytest.raises(TransportConfigError, match="transport.max_unconsumed: 0 is not None or an int >= 1"):
         from_config({"url": server.url, "namespace": "n", "max_unconsumed": 0})
+    with pytest.raises(TransportConfigError, match="transport.max_unconsumd: Key 'max_unconsumd' not in"):
+        from_config({"url": server.url, "namespace": "n", "max_unconsumd": 5})  # misspelt: refused
+    with pytest.raises(TransportConfigError, match="transport.publish_timeout_s: Value 'soon'"):
+        from_config({"url": server.url, "namespace": "n", "publish_timeout_s": "soon"})
+
+
+def test_settings_default_from_the_schema(server):
+    """TransportConfig is the one place the defaults live: a mapping without them takes its values."""
+    t = from_config({"url": server.url, "namespace": "n"})
+    d = TransportConfig()
+    assert (t.max_unconsumed, t.publish_timeout_s, t.dead_letter_maxlen, t.dedupe_ttl_s, t.socket_timeout_s) == \
+        (d.max_unconsumed, d.publish_timeout_s, d.dead_letter_maxlen, d.dedupe_ttl_s, d.socket_timeout_s)
+    assert from_config(TransportConfig(url=server.url, namespace="n", max_unconsumed=7)).max_unconsumed == 7
 
 
 def test_secrets_never_shown(server, transport):
     pw = server.password
     assert len(pw) >= 32 and pw in server.url
-    for text in (repr(server), str(server), repr(transport), str(transport), repr(transport.client)):
+    # The transport and everything it holds (its client, connection pool, scripts).
+    for text in (repr(server), str(server), repr(transport), str(transport), repr(vars(transport.transport))):
         assert pw not in text
     assert "***" in repr(transport)
     # Not on disk either: the config went to the server on stdin.
@@ -264,8 +322,8 @@ def test_secrets_never_shown(server, transport):
             assert pw.encode() not in f.read_bytes(), f
 
 
-def test_server_is_loopback_only_protected_and_persistent(transport):
-    config = transport.client.config_get("*")
+def test_server_is_loopback_only_protected_and_persistent(server):
+    config = server.running_config()
     assert config["bind"] == "127.0.0.1" and config["protected-mode"] == "yes"
     assert config["appendonly"] == "yes" and config["appendfsync"] == "everysec"
 
@@ -273,7 +331,7 @@ def test_server_is_loopback_only_protected_and_persistent(transport):
 def test_acknowledged_xadds_survive_sigkill(tmp_path):
     server = EmbeddedValkey(tmp_path / "data", appendfsync="always")
     with server:
-        t = RedisTransport(server.url, "durable", max_unconsumed=None)
+        t = BlockingTransport(from_config({"url": server.url, "namespace": "durable", "max_unconsumed": None}))
         stream = t.stream("trajectories")
         t.ensure_group(stream, GROUP)
         sent = [t.publish(stream, encode(_traj(i))) for i in range(200)]
@@ -282,12 +340,11 @@ def test_acknowledged_xadds_survive_sigkill(tmp_path):
         port, url = server.port, server.url
         server.kill()
         assert not server.running
-        with pytest.raises(redis.exceptions.ConnectionError):
-            t.client.ping()
+        with pytest.raises(TransportError, match="cannot reach"):
+            t.ping()
         server.restart()
         assert (server.port, server.url) == (port, url)
-        t.client.connection_pool.disconnect()
-        assert [m for m, _ in t.client.xrange(stream)] == [m.encode() for m in sent]
+        assert [m for m, _ in t.scan(stream, count=1000)] == sent  # the same transport reconnects
         assert t.pending(stream, GROUP) == 30  # the consumer group's state came back too
         assert decode(t.read(stream, GROUP, "c", 1)[0][1]).trajectory_id == "t-50"
         assert t.publish(stream, b"after") > sent[-1]  # the Lua scripts are reloaded into the new process

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def test_server_crash_mid_run_loses_no_acknowledged_trajectory(tiny_path, ray_local, tmp_path):
     from actors import launch_workers
-    from antiphon.transport import EmbeddedValkey, from_config
+    from antiphon.transport import BlockingTransport, EmbeddedValkey, from_config
 
     cfg = compose(["rollout.max_new_tokens=24", "rollout.dialogue.think_budget=8",
                    "rollout.dialogue.max_concurrent=2", "transport.namespace=crash"])
@@ -26,7 +26,7 @@ def test_server_crash_mid_run_loses_no_acknowledged_trajectory(tiny_path, ray_lo
         scenarios = [s.to_dict() for s in generate_scenarios(16, seed=3)]
         pending = worker.run_dialogues.remote(scenarios, to_plain(cfg.simulator), "crash", tcfg)
 
-        reader = from_config(tcfg)
+        reader = BlockingTransport(from_config(tcfg))
         stream = reader.stream("trajectories")
         deadline = time.monotonic() + 120
         while len(reader.scan(stream, count=1000)) < 3 and time.monotonic() < deadline:

@@ -11,7 +11,7 @@ import pytest
 from support import make_trajectory
 
 from antiphon.protocol import decode_scored, encode
-from antiphon.transport import EmbeddedValkey, from_config
+from antiphon.transport import BlockingTransport, EmbeddedValkey, from_config
 from reward_service.compose import build_specs, score
 
 NS = "rw"
@@ -76,7 +76,7 @@ def _replica(url, name, components, stats):
 
 
 def test_malformed_and_nan_messages_are_dead_lettered_and_counted(server):
-    t = from_config(_tcfg(server))
+    t = BlockingTransport(from_config(_tcfg(server)))
     inp = t.stream("trajectories")
     t.publish(inp, encode(make_trajectory("good")))
     t.publish(inp, b"\x00not msgpack")
@@ -95,7 +95,7 @@ def test_malformed_and_nan_messages_are_dead_lettered_and_counted(server):
 
 
 def test_killed_replica_mid_batch_every_trajectory_scored_exactly_once(server):
-    t = from_config(_tcfg(server))
+    t = BlockingTransport(from_config(_tcfg(server)))
     inp = t.stream("trajectories")
     n = 24
     t.ensure_group(inp, "reward")
@@ -108,8 +108,7 @@ def test_killed_replica_mid_batch_every_trajectory_scored_exactly_once(server):
     victim.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until the victim holds a batch it has not acknowledged
-        info = {(c["name"].decode() if isinstance(c["name"], bytes) else c["name"]): c["pending"]
-                for c in t.client.xinfo_consumers(inp, "reward")}
+        info = t.pending_by_consumer(inp, "reward")
         if info.get("victim", 0) > 0:
             break
         time.sleep(0.02)
@@ -128,7 +127,7 @@ def test_killed_replica_mid_batch_every_trajectory_scored_exactly_once(server):
 
 def test_a_message_that_keeps_killing_consumers_is_dead_lettered(server):
     """Delivered max_deliveries times, never acknowledged: dead-lettered as poison, not reclaimed forever."""
-    t = from_config(_tcfg(server))
+    t = BlockingTransport(from_config(_tcfg(server)))
     inp = t.stream("trajectories")
     t.ensure_group(inp, "reward")
     t.publish(inp, encode(make_trajectory("poison")))
