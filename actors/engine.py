@@ -7,7 +7,7 @@ every result was produced by exactly one weight version (``GenerationResult.weig
 from __future__ import annotations
 
 import asyncio
-import os
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -20,23 +20,36 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 
 from antiphon.generation import GenerationRequest, GenerationResult
-
-# docs/cpu-stack.md: on CPU, thread pinning ("auto") was 20-70x slower on small machines and the
-# multiprocessing worker adds start-up for nothing.
-CPU_ENV_DEFAULTS = {
-    "VLLM_TARGET_DEVICE": "cpu",
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-}
+from antiphon.vllm_engine import EngineSpec, start_engine, vllm_env
 
 
-def engine_env(rollout_cfg: Mapping[str, Any]) -> Dict[str, str]:
-    env: Dict[str, str] = {"VLLM_LOGGING_LEVEL": str(rollout_cfg.get("log_level", "ERROR")).upper()}
-    if rollout_cfg["device"] == "cpu":
-        env.update(CPU_ENV_DEFAULTS)
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(float(rollout_cfg["kv_cache_gib"])))))
-    env.update({str(k): str(v) for k, v in (rollout_cfg.get("env") or {}).items()})
-    return env
+def _plain(cfg: Any) -> Dict[str, Any]:
+    """A config section as a dict (the schema's dataclass, or a mapping given by hand)."""
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
+def engine_env(rollout_cfg: Any) -> Dict[str, str]:
+    """The environment of a rollout worker's engine, from ``rollout``: set in the worker actor's Ray
+    ``runtime_env`` (so it holds before anything in the actor imports vLLM) and again at engine start."""
+    r = _plain(rollout_cfg)
+    return vllm_env(str(r["device"]), r["kv_cache_gib"], r.get("log_level", "ERROR"), r.get("env"))
+
+
+def engine_spec(model_path: str, rollout_cfg: Any, model_cfg: Any, seed: int) -> EngineSpec:
+    """The rollout engine's settings: ``rollout`` and ``model`` config, plus what rollout needs of vLLM."""
+    r, m = _plain(rollout_cfg), _plain(model_cfg)
+    return EngineSpec(
+        model_path=str(model_path), device=str(r["device"]), dtype=str(m["dtype"]),
+        max_model_len=int(m["max_model_len"]), seed=int(seed), max_num_seqs=int(r["max_num_seqs"]),
+        enforce_eager=bool(r["enforce_eager"]), tensor_parallel_size=int(r["tensor_parallel_size"]),
+        gpu_memory_utilization=float(r["gpu_memory_utilization"]), kv_cache_gib=float(r["kv_cache_gib"]),
+        log_level=str(r.get("log_level", "ERROR")), env=dict(r.get("env") or {}),
+        extra_args=dict(
+            limit_mm_per_prompt={"audio": int(r["max_audio_clips_per_prompt"])},
+            enable_mm_embeds=str(r.get("audio_input", "embeddings")) == "embeddings",
+            # The log-prob of what was actually sampled from: after temperature and the token mask.
+            logprobs_mode="processed_logprobs",
+        ))
 
 
 class _ReloadGate:
@@ -78,10 +91,10 @@ class _ReloadGate:
 class RolloutEngine:
     """Wraps vLLM's ``AsyncLLM``. Create with ``await RolloutEngine.create(...)`` inside a running loop."""
 
-    def __init__(self, model_path: str, rollout_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], seed: int):
+    def __init__(self, model_path: str, rollout_cfg: Any, model_cfg: Any, seed: int):
         self.model_path = str(model_path)
-        self.rollout_cfg = dict(rollout_cfg)
-        self.model_cfg = dict(model_cfg)
+        self.rollout_cfg = _plain(rollout_cfg)
+        self.model_cfg = _plain(model_cfg)
         self.seed = int(seed)
         self.version = 0
         self._gate = _ReloadGate()
@@ -102,39 +115,17 @@ class RolloutEngine:
         return self
 
     async def _start(self) -> None:
-        for k, v in engine_env(self.rollout_cfg).items():
-            os.environ[k] = v  # read by vLLM at import and engine construction
         from safetensors import safe_open
         from transformers import AutoTokenizer
-        from vllm import SamplingParams
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
 
         from antiphon.model.tokens import allowed_token_ids
 
-        r, m = self.rollout_cfg, self.model_cfg
-        on_cpu = r["device"] == "cpu"
-        max_len = int(m["max_model_len"])
-        args = AsyncEngineArgs(
-            model=self.model_path,
-            dtype=str(m["dtype"]),
-            max_model_len=max_len,
-            max_num_seqs=int(r["max_num_seqs"]),
-            # Whole prompts in one scheduler step; also avoids a CPU sampler bug with split prompts.
-            max_num_batched_tokens=max(max_len, 2048) * (1 if not on_cpu else 4),
-            enforce_eager=bool(r["enforce_eager"]),
-            seed=self.seed,
-            tensor_parallel_size=int(r["tensor_parallel_size"]),
-            gpu_memory_utilization=float(r["gpu_memory_utilization"]),
-            distributed_executor_backend="uni" if on_cpu or int(r["tensor_parallel_size"]) == 1 else None,
-            limit_mm_per_prompt={"audio": int(r["max_audio_clips_per_prompt"])},
-            enable_mm_embeds=self._embed_audio,
-            # The log-prob of what was actually sampled from: after temperature and the token mask.
-            logprobs_mode="processed_logprobs",
-            enable_prefix_caching=True,
-            disable_log_stats=True,
-        )
-        self._engine = AsyncLLM.from_engine_args(args)
+        # The worker process exists for this engine: its vLLM environment stays set (keep_env).
+        self._engine = start_engine(engine_spec(self.model_path, self.rollout_cfg, self.model_cfg, self.seed),
+                                    keep_env=True)
+        from vllm import SamplingParams  # after start_engine: vLLM reads its environment at import
+
+        r = self.rollout_cfg
         if self._embed_audio:
             self._frontend = self._build_frontend()
         tok = AutoTokenizer.from_pretrained(self.model_path)

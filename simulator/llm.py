@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from antiphon.dialogue import AgentTurn, Question, Scenario, UserSimulator, UserTurn
+from antiphon.vllm_engine import EngineSpec, start_engine
 
 BACKENDS = ("openai", "vllm")
 KICKOFF = "(The call connects. You speak first: greet the assistant and say what you want.)"
@@ -202,7 +203,6 @@ class _Entry:
 
 _ENGINES: Dict[str, _Entry] = {}
 _ENGINES_LOCK = threading.Lock()
-_ENV_LOCK = threading.Lock()
 _ATEXIT = False
 
 
@@ -219,33 +219,16 @@ def _build_engine(handle: EngineHandle, seed: int, max_model_len: int, device: s
     """Blocking (run in a worker thread): starts the AsyncLLM with vLLM's env set only while it starts."""
     model_path = handle.model_path
     on_cpu = _on_cpu(device)
-    env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}
-    if on_cpu:
-        from actors.engine import engine_env
-
-        env.update(engine_env({"device": "cpu", "kv_cache_gib": 1, "log_level": env["VLLM_LOGGING_LEVEL"]}))
-    with _ENV_LOCK:
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # read at vLLM import and engine construction (the core process inherits it)
-        try:
-            from vllm.engine.arg_utils import AsyncEngineArgs
-            from vllm.v1.engine.async_llm import AsyncLLM
-
-            config = json.loads((Path(model_path) / "config.json").read_text())
-            multimodal = any(k in config for k in ("audio_config", "vision_config"))
-            args = AsyncEngineArgs(
-                model=model_path, dtype="float32" if on_cpu else "auto", max_model_len=max_model_len,
-                max_num_seqs=32, max_num_batched_tokens=max(max_model_len, 2048) * 2, enforce_eager=on_cpu,
-                seed=seed, distributed_executor_backend="uni", gpu_memory_utilization=gpu_memory_utilization,
-                language_model_only=multimodal,  # the user LLM reads and writes text only
-                enable_prefix_caching=True, disable_log_stats=True)
-            handle.engine = AsyncLLM.from_engine_args(args)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    multimodal = any(k in config for k in ("audio_config", "vision_config"))
+    spec = EngineSpec(
+        model_path=model_path, device="cpu" if on_cpu else "cuda", dtype="float32" if on_cpu else "auto",
+        max_model_len=max_model_len, seed=seed, max_num_seqs=32, enforce_eager=on_cpu,
+        gpu_memory_utilization=gpu_memory_utilization, kv_cache_gib=1,
+        log_level=os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
+        extra_args={"language_model_only": multimodal})  # the user LLM reads and writes text only
+    # This process may host other work (a rollout worker's own engine): its environment is restored after.
+    handle.engine = start_engine(spec, keep_env=False)
     try:
         from transformers import AutoTokenizer
 
