@@ -173,7 +173,12 @@ register()
 
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    summary = run(cfg, validated_run_dir(cfg, "antiphon"))
+    from antiphon.run_plan import dry_run
+
+    run_dir = validated_run_dir(cfg, "antiphon")
+    if dry_run(cfg, run_dir, "antiphon"):
+        return
+    summary = run(cfg, run_dir)
     run_dir = Path(summary["run_dir"])
     r = summary["learning"].get("reward", {}).get("reward/total")
     say(f"done in {summary['wall_s']}s. What ran: {summary['what_ran']}.")

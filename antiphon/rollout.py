@@ -51,12 +51,19 @@ register()
 
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    import sys
+
+    from antiphon.run_plan import dry_run
+
     run_dir = validated_run_dir(cfg, "antiphon-rollout")
+    if dry_run(cfg, run_dir, "antiphon-rollout"):
+        return
     res = rollout(cfg, run_dir)
     say(f"{res['published']}/{res['dialogues']} dialogues appended to antiphon:{res['namespace']}:trajectories "
          f"in {res['wall_s']}s; end reasons {res['end_reasons']}")
     where = f"--data-dir {run_dir / 'valkey'}" if res["embedded"] else "--url <transport.url>"
-    say(f"listen: python -m antiphon.dump {where} --namespace {res['namespace']} --out {run_dir / 'dialogues'}")
+    say(f"listen: {Path(sys.executable).parent / 'antiphon-dump'} {where} --namespace {res['namespace']} "
+        f"--out {run_dir / 'dialogues'}")
 
 
 if __name__ == "__main__":

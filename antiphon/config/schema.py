@@ -357,6 +357,7 @@ class ExperimentConfig:
     run_dir: Optional[str] = None  # unset: the Hydra run directory
     dialogues_per_round: int = 16  # dialogues per rollout round
     rounds: int = 2
+    dry_run: bool = False  # compose, validate, print the run plan, start nothing (antiphon/run_plan.py)
 
 
 @dataclass
