@@ -36,3 +36,18 @@ def test_installed_command_prints_its_help(name):
     assert res.returncode == 0, f"{name} --help exited {res.returncode}:\n{res.stderr[-3000:]}"
     # argparse commands print "usage:", Hydra apps their config groups and overridable config.
     assert "usage:" in res.stdout or "== Configuration groups ==" in res.stdout, res.stdout[:2000]
+
+
+@pytest.mark.parametrize("name", ["antiphon", "antiphon-rollout"])
+def test_dry_run_validates_prints_the_plan_and_leaves_nothing(name, tmp_path):
+    exe = Path(sys.executable).parent / name
+    runs = tmp_path / "runs"
+    res = subprocess.run([str(exe), "experiment.dry_run=true", "rollout.num_workers=3"], capture_output=True,
+                         text=True, timeout=180, cwd=tmp_path, env=dict(os.environ, ANTIPHON_RUNS=str(runs)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"[{name}] dry run: the config is valid; nothing was started." in res.stdout
+    assert "3 vLLM worker(s) on cpu" in res.stdout and "run dir" in res.stdout
+    assert not any(p.is_file() for p in tmp_path.rglob("*")), sorted(tmp_path.rglob("*"))  # no run folder, no log
+    bad = subprocess.run([str(exe), "experiment.dry_run=true", "rollout.num_workers=0"], capture_output=True,
+                         text=True, timeout=180, cwd=tmp_path, env=dict(os.environ, ANTIPHON_RUNS=str(runs)))
+    assert bad.returncode == 2 and "rollout.num_workers=0" in bad.stderr  # a dry run validates like a run
