@@ -28,6 +28,16 @@ def _where(url: str) -> str:
     return f"{u.scheme}://{u.hostname or ''}{f':{u.port}' if u.port else ''}{u.path if u.scheme == 'unix' else ''}"
 
 
+def _job_suffix() -> str:
+    """In a Hydra multirun each job streams under ``<namespace>.job<N>`` (antiphon.run_setup)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f".job{HydraConfig.get().job.num}"
+    return ""
+
+
 def plan(cfg: DictConfig, run_dir: Path, prog: str) -> List[str]:
     """One line per part of the run: what would start, where, and with which budget."""
     lines = []
@@ -52,9 +62,10 @@ def plan(cfg: DictConfig, run_dir: Path, prog: str) -> List[str]:
         lines.append(f"dialogues  {_get(cfg, 'experiment.rounds')} round(s) x {_get(cfg, 'experiment.dialogues_per_round')}, "
                      "appended to the trajectory stream; nothing trains")
     url = _get(cfg, "transport.url")
+    namespace = f"{_get(cfg, 'transport.namespace')}{_job_suffix()}"
     data_dir = _get(cfg, "transport.data_dir") or run_dir / "valkey"
     lines.append(f"transport  {_where(url) if url else f'an embedded Valkey, data in {data_dir}'}, "
-                 f"namespace {_get(cfg, 'transport.namespace')}")
+                 f"namespace {namespace}")
     address = _get(cfg, "cluster.address")
     lines.append(f"cluster    {'Ray at ' + str(address) if address else 'a local Ray instance'}")
     lines.append(f"run dir    {run_dir}")
