@@ -188,12 +188,16 @@ def resolve_model_path(model_cfg) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from antiphon.config.schema import TinyModelConfig
+    """``antiphon-build-tiny``: the default tiny policy (the config's ``model.tiny``), into ``--out`` or the cache."""
+    from omegaconf import OmegaConf
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", help="output directory (default: the cache directory used by runs)")
-    ap.add_argument("--cache-dir", default=os.environ.get("ANTIPHON_CACHE", "~/.cache/antiphon"))
-    ap.add_argument("--seed", type=int, default=0)
+    from antiphon.config.schema import ModelConfig, TinyModelConfig
+
+    ap = argparse.ArgumentParser(prog="antiphon-build-tiny", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", help="build into this directory (default: the cache directory runs use, once)")
+    ap.add_argument("--cache-dir", default=OmegaConf.structured(ModelConfig).cache_dir,  # resolves $ANTIPHON_CACHE
+                    help="the runs' model cache (default: model.cache_dir: $ANTIPHON_CACHE or ~/.cache/antiphon)")
+    ap.add_argument("--seed", type=int, default=TinyModelConfig.seed, help="the weights' seed (model.tiny.seed)")
     args = ap.parse_args(argv)
     tiny = dataclasses.asdict(TinyModelConfig(seed=args.seed))
     path = build_policy(tiny, args.out) if args.out else ensure_tiny_policy(tiny, args.cache_dir)
