@@ -16,9 +16,11 @@ needs a rule of its own:
   run plan and starts nothing. The runs themselves are tested end to end in ``tests/e2e/`` (learning,
   sync mode, resume, sweeps, the custom simulator, rollouts then dump). ``make test`` only collects this file.
 - Budgets: flags in BUDGET get a small value (``--n 500`` -> ``--n 4``), flags in EXTRA are appended per
-  module; an absolute ``/tmp/...`` output moves into the scratch folder.
+  module; an absolute ``/tmp/...`` output moves into the scratch folder. What ``--out`` or ``--make-example``
+  names must exist afterwards.
 - Placeholders: ``<exp>`` -> tiny_cpu, ``<time>`` -> readme. The run folder such a line names is prepared:
-  for ``antiphon-dump`` a persisted (empty) Valkey data folder, for ``resume=`` the checkpoint folder.
+  for ``antiphon-dump`` a stopped run's Valkey data holding one dialogue, for ``resume=`` the checkpoint
+  folder.
 - NOT_RUN lines change the machine itself; EXPECT_REJECTED lines name files no test machine has, so they
   run up to validation, which must reject that file and nothing else.
 """
@@ -43,6 +45,7 @@ EXTRA = {
     "reward_service.rm.train": ["--steps", "1", "--batch-size", "4"],
     "learner.cold_start": ["--dialogues", "2", "--epochs", "1"],
 }
+OUTPUTS = {"--out", "--make-example"}  # a tool that exits 0 must have written what these name
 PLACEHOLDERS = {"<exp>": "tiny_cpu", "<time>": "readme"}
 LAUNCHERS = {".venv/bin/antiphon", ".venv/bin/antiphon-rollout"}
 DRY_RUN = "experiment.dry_run=true"
@@ -94,12 +97,24 @@ def _prepare(words: list[str], root: Path) -> None:
     """Make the run folders a command's placeholders named."""
     for i, w in enumerate(words):
         if w == "--data-dir" and words[0].endswith("antiphon-dump"):
-            from antiphon.transport import EmbeddedValkey
-
-            with EmbeddedValkey(root / words[i + 1]):
-                pass  # a stopped run's persisted data, as a run leaves it
+            _stopped_run_with_one_dialogue(root / words[i + 1], words[words.index("--namespace") + 1])
         if w.startswith("resume="):
             (root / w.split("=", 1)[1]).mkdir(parents=True, exist_ok=True)
+
+
+def _stopped_run_with_one_dialogue(data_dir: Path, namespace: str) -> None:
+    """A run's persisted Valkey data as a stopped run leaves it, holding one two-turn dialogue."""
+    from support import make_trajectory
+
+    from antiphon.protocol import encode
+    from antiphon.transport import BlockingTransport, EmbeddedValkey, from_config
+
+    with EmbeddedValkey(data_dir) as server:
+        transport = BlockingTransport(from_config({"url": server.url, "namespace": namespace}))
+        try:
+            transport.publish(transport.stream("trajectories"), encode(make_trajectory("readme-0")))
+        finally:
+            transport.close()
 
 
 def to_run(line: str, root: Path) -> tuple[list[str], dict, Path]:
@@ -159,3 +174,6 @@ def test_readme_command_runs_as_written(n, line, root):
     assert res.returncode == 0, said
     if DRY_RUN in words or any(DRY_RUN in w for w in words):
         assert "dry run: the config is valid" in res.stdout, said
+    for flag, value in zip(words, words[1:]):
+        if flag in OUTPUTS:
+            assert (cwd / value).exists(), f"{said}\n{flag} {value}: nothing was written there"
