@@ -51,3 +51,35 @@ def test_no_tracked_file_references_a_path_outside_the_repository():
                 if not target.startswith(str(REPO) + os.sep):
                     problems.append(f"{rel}:{n}: {m.group(0)} leaves the repository")
     assert not problems, "paths outside the repository (explain it in docs/ instead):\n" + "\n".join(problems)
+
+
+def _slugs(markdown: str) -> set:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    heads = re.findall(r"^#+\s+(.*?)\s*$", markdown, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+def test_links_and_docs_pointers_resolve():
+    """Markdown links to repo files, and every ``docs/<page>.md#anchor`` a comment points at, exist."""
+    problems = []
+    files = _repo_text_files()
+    for path in files:
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        rel = path.relative_to(REPO)
+        targets = [(REPO / m.group(1), m.group(2)) for m in re.finditer(r"(docs/[\w.-]+\.md)(?:#([\w-]+))?", text)]
+        if path.suffix == ".md":
+            for m in re.finditer(r"\]\(([^)\s]+)\)", text):
+                link = m.group(1)
+                if re.match(r"[a-z]+:", link):
+                    continue  # a URL
+                file, _, anchor = link.partition("#")
+                targets.append(((path.parent / file) if file else path, anchor or None))
+        for target, anchor in targets:
+            if not target.exists():
+                problems.append(f"{rel}: {target.relative_to(REPO) if REPO in target.parents else target} does not exist")
+            elif anchor and target.suffix == ".md" and anchor not in _slugs(target.read_text()):
+                problems.append(f"{rel}: {target.name} has no heading #{anchor}")
+    assert not problems, "\n".join(sorted(set(problems)))
