@@ -102,8 +102,8 @@ class RolloutEngine:
         self._param_shapes: Dict[str, tuple] = {}
         self._weights_dir = Path(tempfile.mkdtemp(prefix="antiphon-weights-"))
         self._sampling = None
-        self.sample_rate = int(model_cfg.get("sample_rate", 16000))
-        self._embed_audio = str(rollout_cfg.get("audio_input", "embeddings")) == "embeddings"
+        self.sample_rate = int(self.model_cfg.get("sample_rate", 16000))
+        self._embed_audio = str(self.rollout_cfg.get("audio_input", "embeddings")) == "embeddings"
         self._frontend = None
         self._embed_cache: "OrderedDict[bytes, Any]" = OrderedDict()
         self.stats: Counter = Counter()  # seconds and counts since start, for benchmarks and metrics

@@ -52,3 +52,22 @@ def test_building_the_spec_and_environment_does_not_touch_the_process():
     EngineSpec("/m", "cpu", "float32", 512, 0).environment()
     engine_env({"device": "cpu", "kv_cache_gib": 1})
     assert dict(os.environ) == before
+
+
+def test_the_rollout_engine_takes_the_schema_dataclasses_or_mappings():
+    import dataclasses
+
+    from actors.engine import RolloutEngine
+    from antiphon.config import to_dataclass
+
+    cfg = compose(["rollout.audio_input=waveform"])
+    rollout, model = to_dataclass(cfg.rollout), to_dataclass(cfg.model)
+    for r, m in [(rollout, model), (dataclasses.asdict(rollout), dataclasses.asdict(model))]:
+        engine = RolloutEngine("/tiny", r, m, seed=1)  # not started: no vLLM here
+        try:
+            assert engine.sample_rate == model.sample_rate and not engine._embed_audio
+            spec = engine_spec("/tiny", r, m, seed=1)
+            assert spec.device == "cpu" and spec.dtype == str(model.dtype) and spec.environment() == engine_env(r)
+            assert spec.engine_args()["enable_mm_embeds"] is False
+        finally:
+            engine.shutdown()
