@@ -20,16 +20,11 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_path, ray_local):
-    from actors import launch_workers
-
-    cfg = compose(["rollout.max_new_tokens=48", "rollout.num_workers=2"])
-    workers = launch_workers(str(tiny_path), to_plain(cfg.rollout), to_plain(cfg.model))
+def setup(tiny_path, rollout_pair):
+    # The session's two workers (rollout.max_new_tokens=48), at weight version 0.
+    workers = rollout_pair.acquire()
     policy = PolicyModel(tiny_path)
-    yield workers, policy
-    ray_local.get([w.shutdown.remote() for w in workers])
-    for w in workers:
-        ray_local.kill(w)
+    return workers, policy
 
 
 def _requests(policy, n=16, seed=0):

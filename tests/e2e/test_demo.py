@@ -11,9 +11,11 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def _run(run_dir, *overrides, timeout=900):
-    res = subprocess.run([sys.executable, "-m", "antiphon.launch", f"experiment.run_dir={run_dir}", *overrides],
-                         capture_output=True, text=True, timeout=timeout)
+def _run(run_dir, ray_address, *overrides, timeout=900):
+    """One launcher run on the session's Ray instance (``cluster.address``)."""
+    res = subprocess.run([sys.executable, "-m", "antiphon.launch", f"experiment.run_dir={run_dir}",
+                          f"cluster.address={ray_address}", *overrides], capture_output=True, text=True,
+                         timeout=timeout)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     return res, json.loads((run_dir / "summary.json").read_text())
 
@@ -22,14 +24,22 @@ def _metrics(run_dir):
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_sync_run_trains_on_policy_and_writes_everything(tmp_path):
-    """Sync mode: every trained token was sampled by the weights being trained, so the learner's
-    proximal log-probs equal vLLM's behaviour log-probs (ratio 1 within 1e-4) at every step."""
-    run_dir = tmp_path / "run"
-    res, summary = _run(run_dir, "learner.mode=sync", "learner.steps=3", "learner.batch_size=4",
+@pytest.fixture(scope="module")
+def sync_run(tmp_path_factory, ray_address):
+    """One sync run for the module: its outputs are checked below, and its checkpoint is what the resume
+    test continues from."""
+    run_dir = tmp_path_factory.mktemp("sync") / "run"
+    res, summary = _run(run_dir, ray_address, "learner.mode=sync", "learner.steps=3", "learner.batch_size=4",
                         "learner.group_size=2", "rollout.num_workers=1", "learner.checkpoint_every=2",
                         "learner.minibatches=1",  # one update per step: its ratio is exactly the fresh one
                         "learner.estimator=gae")  # the learned-critic path (the demo default is the group baseline)
+    return run_dir, res, summary
+
+
+def test_sync_run_trains_on_policy_and_writes_everything(sync_run):
+    """Sync mode: every trained token was sampled by the weights being trained, so the learner's
+    proximal log-probs equal vLLM's behaviour log-probs (ratio 1 within 1e-4) at every step."""
+    run_dir, res, summary = sync_run
     steps = _metrics(run_dir)
     assert [m["step"] for m in steps] == [1, 2, 3] and [m["version"] for m in steps] == [1, 2, 3]
     for m in steps:
@@ -53,12 +63,10 @@ def test_sync_run_trains_on_policy_and_writes_everything(tmp_path):
     assert any((run_dir / "dialogues").iterdir())
 
 
-def test_resume_from_a_checkpoint_continues_the_version(tmp_path):
-    first = tmp_path / "first"
-    _run(first, "learner.mode=sync", "learner.steps=2", "learner.batch_size=4", "learner.group_size=2",
-         "rollout.num_workers=1", "learner.cold_start.enabled=false")
+def test_resume_from_a_checkpoint_continues_the_version(sync_run, ray_address, tmp_path):
+    first, _, _ = sync_run  # its step-2 checkpoint: the state after two sync steps
     second = tmp_path / "second"
-    res, summary = _run(second, f"resume={first / 'checkpoints' / 'step_000002'}", "learner.steps=3",
+    res, summary = _run(second, ray_address, f"resume={first / 'checkpoints' / 'step_000002'}", "learner.steps=3",
                         "learner.batch_size=4", "learner.group_size=2", "rollout.num_workers=1",
                         "learner.mode=sync", "learner.cold_start.enabled=false")
     steps = _metrics(second)

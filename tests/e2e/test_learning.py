@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_tiny_default_reward_rises_because_the_policy_learned(tmp_path, seed):
+def test_tiny_default_reward_rises_because_the_policy_learned(tmp_path, ray_address, seed):
     """The default experiment, shortened to 50 learner steps. Margin: at a fixed policy the batch-mean
     reward of one step (16 dialogues) varies with a standard deviation of ~0.3-0.4 (measured), so the
     last-20% mean must exceed the first-20% mean by more than twice the standard error of that
@@ -22,6 +22,7 @@ def test_tiny_default_reward_rises_because_the_policy_learned(tmp_path, seed):
     policy produced; what moves is the policy's emotional match with the user (user_feedback)."""
     run_dir = tmp_path / "run"
     res = subprocess.run([sys.executable, "-m", "antiphon.launch", f"experiment.run_dir={run_dir}",
+                          f"cluster.address={ray_address}",  # the session's Ray instance: no start-up per run
                           "learner.steps=50", f"experiment.seed={seed}", f"learner.seed={seed}",
                           f"rollout.seed={seed}"], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
@@ -40,12 +41,13 @@ def test_tiny_default_reward_rises_because_the_policy_learned(tmp_path, seed):
     assert r["reward/think_format"]["last"] > 0.8
 
 
-def test_multirun_sweep_runs_isolated_jobs_and_compares_them(tmp_path):
+def test_multirun_sweep_runs_isolated_jobs_and_compares_them(tmp_path, ray_address):
     sweep = tmp_path / "sweep"
     res = subprocess.run(
         [sys.executable, "-m", "antiphon.launch", "-m", "learner.max_staleness=0,4", "learner.clip_high=0.2,0.28",
          "learner.steps=3", "learner.batch_size=4", "learner.group_size=2", "rollout.num_workers=1",
-         "learner.cold_start.enabled=false", f"hydra.sweep.dir={sweep}"],
+         "learner.cold_start.enabled=false", f"hydra.sweep.dir={sweep}",
+         f"cluster.address={ray_address}"],  # every job on the session's Ray instance: no start-up per job
         capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
