@@ -13,24 +13,22 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run(tiny_path, ray_local, tmp_path_factory):
-    from actors import launch_workers
+def run(rollout_pair, ray_local, tmp_path_factory):
     from antiphon.transport import EmbeddedValkey, from_config
 
-    cfg = compose(["rollout.max_new_tokens=40", "rollout.dialogue.think_budget=16",
-                   "rollout.dialogue.max_concurrent=16", "transport.namespace=dialogue-test"])
+    # The shared pair's worker settings (rollout.max_new_tokens=48, rollout.dialogue.think_budget=16,
+    # rollout.dialogue.max_concurrent=16): its first worker holds the dialogues.
+    cfg = compose([*rollout_pair.OVERRIDES, "transport.namespace=dialogue-test"])
     with EmbeddedValkey(tmp_path_factory.mktemp("valkey")) as server:
         tcfg = dict(to_plain(cfg.transport), url=server.url)
         reader = from_config(tcfg)
         stream = reader.stream("trajectories")
         reader.ensure_group(stream, "test")
-        (worker,) = launch_workers(str(tiny_path), to_plain(cfg.rollout), to_plain(cfg.model), num_workers=1)
+        worker = rollout_pair.acquire(transport=tcfg)[0]
         scenarios = [s.to_dict() for s in generate_scenarios(10, seed=7, max_turns=3)]
         out = ray_local.get(worker.run_dialogues.remote(scenarios, to_plain(cfg.simulator), "t", tcfg))
         msgs = reader.read(stream, "test", "c", count=100, block_ms=1000)
         yield out, [decode(payload) for _, payload in msgs]
-        ray_local.get(worker.shutdown.remote())
-        ray_local.kill(worker)
         reader.close()
 
 
