@@ -13,7 +13,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping
 
-from actors.dialogue import Dialogue
+from antiphon.dialogue_loop import Dialogue
 from antiphon.affinity import pin_process
 from antiphon.dialogue import Scenario, simulator_factory
 from antiphon.generation import GenerationRequest, GenerationResult
@@ -124,7 +124,7 @@ class RolloutWorker:
         from hydra.utils import instantiate
         from transformers import AutoFeatureExtractor, AutoTokenizer
 
-        from actors.dialogue import DialogueSettings
+        from antiphon.dialogue_loop import DialogueSettings
         from antiphon.model.chat import ChatFormat, audio_placeholder_count
 
         self.chat = ChatFormat(AutoTokenizer.from_pretrained(self.model_path))

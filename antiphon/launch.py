@@ -29,7 +29,7 @@ def cold_start_policy(cfg: DictConfig, model_path: Path, scenarios) -> Path:
     cs = cfg.learner.cold_start
     if not cs.enabled:
         return model_path
-    from actors.dialogue import DialogueSettings
+    from antiphon.dialogue_loop import DialogueSettings
     from learner.cold_start import ensure_cold_start
 
     # The rollout's own dialogue settings: the cold start teaches exactly the layout the workers produce.

@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from antiphon.config import config_dir, register, to_plain
+from antiphon.config import config_dir, register, to_dataclass
 from antiphon.run_setup import init_ray, load_scenarios, say, shutdown_workers, transport_for_run, validated_run_dir
 
 
@@ -31,9 +31,9 @@ def rollout(cfg: DictConfig, run_dir: Path) -> dict:
         init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker)
         workers = []
         try:
-            workers = launch_workers(str(model_path), to_plain(cfg.rollout), to_plain(cfg.model))
+            workers = launch_workers(str(model_path), to_dataclass(cfg.rollout), to_dataclass(cfg.model))
             t0 = time.perf_counter()
-            outs = ray.get([w.run_dialogues.remote(batch[i::len(workers)], to_plain(cfg.simulator),
+            outs = ray.get([w.run_dialogues.remote(batch[i::len(workers)], to_dataclass(cfg.simulator),
                                                    cfg.experiment.name, tcfg) for i, w in enumerate(workers)])
             wall = time.perf_counter() - t0
         finally:

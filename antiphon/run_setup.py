@@ -5,6 +5,7 @@ scenario set. Shared by ``antiphon`` (train) and ``antiphon-rollout`` (rollouts 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, List
 
 from omegaconf import DictConfig
 
-from antiphon.config import ConfigError, discard_hydra_run_dir, to_plain, validate
+from antiphon.config import ConfigError, discard_hydra_run_dir, to_dataclass, validate
 
 
 def say(msg: str) -> None:
@@ -67,22 +68,22 @@ def _multirun_job():
 
 @contextlib.contextmanager
 def transport_for_run(cfg: DictConfig, run_dir: Path):
-    """The run's transport config as a plain dict with a usable ``url``: the configured server, or an
+    """The run's ``TransportConfig`` with a usable ``url``: the configured server, or an
     embedded Valkey (loopback, generated password, AOF on) that lives as long as the block. In a Hydra
     multirun each job gets its own stream namespace (``<namespace>.job<N>``), even on a shared server."""
-    tcfg = to_plain(cfg.transport)
+    tcfg = to_dataclass(cfg.transport)
     job = _multirun_job()
     if job is not None:
-        tcfg["namespace"] = f"{tcfg['namespace']}.job{job}"
-    if tcfg.get("url"):
+        tcfg = dataclasses.replace(tcfg, namespace=f"{tcfg.namespace}.job{job}")
+    if tcfg.url:
         yield tcfg
         return
     from antiphon.transport import EmbeddedValkey
 
-    data_dir = Path(tcfg.get("data_dir") or run_dir / "valkey")
-    with EmbeddedValkey(data_dir, appendfsync=tcfg["appendfsync"]) as server:
+    data_dir = Path(tcfg.data_dir or run_dir / "valkey")
+    with EmbeddedValkey(data_dir, appendfsync=tcfg.appendfsync) as server:
         say(f"embedded Valkey on {server!r}, data in {data_dir}")
-        yield dict(tcfg, url=server.url)
+        yield dataclasses.replace(tcfg, url=server.url)
 
 
 def load_scenarios(sim_cfg: DictConfig, seed: int):

@@ -10,6 +10,7 @@ Imported by the scripts beside it (``benchmarks/`` is a folder of scripts, run a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Sequence
@@ -63,7 +64,7 @@ def one_rollout_worker(overrides: Sequence[str], namespace: str) -> Iterator[Ben
     import ray
 
     from actors import launch_workers
-    from antiphon.config import compose, to_plain
+    from antiphon.config import compose, to_dataclass
     from antiphon.model.tiny import resolve_model_path
     from antiphon.transport import EmbeddedValkey
 
@@ -72,8 +73,8 @@ def one_rollout_worker(overrides: Sequence[str], namespace: str) -> Iterator[Ben
     with tempfile.TemporaryDirectory() as tmp, EmbeddedValkey(tmp) as server:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            (worker,) = launch_workers(path, to_plain(cfg.rollout), to_plain(cfg.model), num_workers=1)
-            bench = Bench(cfg, worker, dict(to_plain(cfg.transport), url=server.url), to_plain(cfg.simulator))
+            (worker,) = launch_workers(path, to_dataclass(cfg.rollout), to_dataclass(cfg.model), num_workers=1)
+            bench = Bench(cfg, worker, dataclasses.replace(to_dataclass(cfg.transport), url=server.url), to_dataclass(cfg.simulator))
             bench.run(scenarios(WARMUP_DIALOGUES, seed=99), publish=False, run="warmup")
             yield bench
             bench.stop_worker()

@@ -25,7 +25,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    from antiphon.config import to_plain
+    from antiphon.config import to_dataclass
     from antiphon.protocol import decode_scored
     from antiphon.transport import from_config
     from one_worker import one_rollout_worker, scenarios
@@ -43,7 +43,7 @@ def main() -> None:
 
         async def score_all():
             t = from_config(tcfg)
-            svc = RewardService(t, build_specs(to_plain(cfg.reward)["components"]), replica="bench",
+            svc = RewardService(t, build_specs(to_dataclass(cfg.reward).components), replica="bench",
                                 batch_size=args.batch_size, block_ms=50)
             await svc.start()
             await svc.step()  # warm-up batch (model loads, JIT)

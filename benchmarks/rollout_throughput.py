@@ -68,7 +68,7 @@ def run_vllm(model_path: str, seqs: int, max_new: int, rounds: int, audio_input:
     import ray
 
     from actors import launch_workers
-    from antiphon.config import compose, to_plain
+    from antiphon.config import compose, to_dataclass
     from antiphon.generation import GenerationRequest
     from transformers import AutoTokenizer
 
@@ -76,7 +76,7 @@ def run_vllm(model_path: str, seqs: int, max_new: int, rounds: int, audio_input:
                    f"rollout.audio_input={audio_input}"])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
-    (worker,) = launch_workers(model_path, to_plain(cfg.rollout), to_plain(cfg.model))
+    (worker,) = launch_workers(model_path, to_dataclass(cfg.rollout), to_dataclass(cfg.model))
     startup = time.perf_counter() - t0
     pid = ray.get(worker.info.remote())["pid"]
     tok = AutoTokenizer.from_pretrained(model_path)

@@ -60,7 +60,7 @@ def main() -> None:
     import torch
 
     from actors import broadcast_weights, launch_workers
-    from antiphon.config import compose, to_plain
+    from antiphon.config import compose, to_dataclass
     from antiphon.model.tiny import resolve_model_path
     from antiphon.weight_sync import sender
     from learner.policy import PolicyModel
@@ -77,7 +77,7 @@ def main() -> None:
     path = str(resolve_model_path(cfg.model))
     ray.init(num_cpus=max(args.workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
-    workers = launch_workers(path, to_plain(cfg.rollout), to_plain(cfg.model))
+    workers = launch_workers(path, to_dataclass(cfg.rollout), to_dataclass(cfg.model))
     startup = time.perf_counter() - t0
     policy = PolicyModel(path)
     params = [p for p in policy.model.parameters() if p.is_floating_point()]
@@ -114,7 +114,7 @@ def main() -> None:
     loaded, waves = [], 0
     if args.under_load:
         scen = [s.to_dict() for s in generate_scenarios(max(args.dialogues, 1) * args.workers, seed=1, max_turns=3)]
-        sim_cfg = to_plain(cfg.simulator)
+        sim_cfg = to_dataclass(cfg.simulator)
         pending = {}  # worker index -> its run_dialogues call in flight
 
         while len(loaded) < args.versions:

@@ -3,7 +3,7 @@
 A uniform random-init policy never finds ``</think>`` + a style tag + end of turn by RL alone
 (docs/cpu-stack.md). So before RL the policy imitates a teacher on synthetic dialogues played against
 the configured user simulator. They are held by the rollout's own dialogue loop
-(``actors.dialogue.Dialogue``) with a teacher standing in for the rollout engine, so the token layout,
+(``antiphon.dialogue_loop.Dialogue``) with a teacher standing in for the rollout engine, so the token layout,
 the loss mask (the trajectory's policy mask) and the audio are by construction what the rollout
 produces::
 
@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from actors.dialogue import Dialogue, DialogueSettings
+from antiphon.dialogue_loop import Dialogue, DialogueSettings
 from antiphon.cache import build_once
 from antiphon.config.schema import ColdStartConfig, SimulatorConfig
 from antiphon.dialogue import Scenario, UserTurn, simulator_factory
@@ -144,7 +144,7 @@ class Heard:
 
 
 class TeacherEngine:
-    """Stands in for the rollout engine in one teacher dialogue (``engine.generate`` of ``actors/dialogue.py``).
+    """Stands in for the rollout engine in one teacher dialogue (``engine.generate`` of ``antiphon/dialogue_loop.py``).
 
     At the start of each agent turn it draws the teacher's turn (``teacher_turn``, from the user's last
     turn) and then answers requests as a sampler that happened to draw exactly those tokens: each request

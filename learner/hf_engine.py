@@ -1,6 +1,6 @@
 """A generation engine over the learner's transformers policy, for the dialogue loop.
 
-``actors/dialogue.py`` talks to its engine through ``engine.generate(GenerationRequest) ->
+``antiphon/dialogue_loop.py`` talks to its engine through ``engine.generate(GenerationRequest) ->
 GenerationResult``; the rollout workers answer with vLLM. This engine answers with the learner's own
 ``PolicyModel``, so the learner can hold real dialogues with the weights it trains (the cold start's
 format check, evaluation) without a rollout worker.

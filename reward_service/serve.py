@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import hydra
 from omegaconf import DictConfig
 
-from antiphon.config import (ConfigError, config_dir, discard_hydra_run_dir, register, to_dataclass, to_plain,
+from antiphon.config import (ConfigError, config_dir, discard_hydra_run_dir, register, to_dataclass,
                              validate)
 from antiphon.config.schema import RewardConfig
 
@@ -57,7 +57,7 @@ def main(cfg: DictConfig) -> None:
         discard_hydra_run_dir()
         sys.exit(2)
     replica = cfg.get("replica") or f"{socket.gethostname()}-{os.getpid()}"
-    counts = asyncio.run(serve(to_plain(cfg.transport), to_dataclass(cfg.reward), replica))
+    counts = asyncio.run(serve(to_dataclass(cfg.transport), to_dataclass(cfg.reward), replica))
     print(f"[reward_service] {replica}: {counts}")
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
-from antiphon.protocol import Rewards, ScoredTrajectory, decode, encode_scored
+from antiphon.protocol import ScoredTrajectory, decode, encode_scored
 from reward_service.compose import ComponentSpec, score
 
 if TYPE_CHECKING:

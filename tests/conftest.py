@@ -103,10 +103,10 @@ class RolloutPair:
                 self.close()
         if not self.workers:
             from actors import launch_workers
-            from antiphon.config import compose, to_plain
+            from antiphon.config import compose, to_dataclass
 
             cfg = compose(self.OVERRIDES)
-            self.workers = launch_workers(str(self.tiny_path), to_plain(cfg.rollout), to_plain(cfg.model))
+            self.workers = launch_workers(str(self.tiny_path), to_dataclass(cfg.rollout), to_dataclass(cfg.model))
         if key is not None:
             self.transport = key
         return list(self.workers)

@@ -434,9 +434,3 @@ def discard_hydra_run_dir() -> None:
     while parent != stop and stop in parent.parents and not any(parent.iterdir()):
         parent.rmdir()
         parent = parent.parent
-
-
-def to_plain(node: Any) -> Any:
-    """Transitional: a resolved config node as plain containers, for call sites not yet on
-    :func:`to_dataclass`. Removed once none is left."""
-    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)

@@ -1,6 +1,6 @@
 """Reasoning format: each agent turn thinks first, closes its reasoning itself, then says something.
 
-The rollout loop (``actors/dialogue.py``) usually opens an agent turn inside ``<think>``: the prompt ends with
+The rollout loop (``antiphon/dialogue_loop.py``) usually opens an agent turn inside ``<think>``: the prompt ends with
 it, so it sits just before the turn's token span and is not a policy token. The reasoning runs until the
 policy samples ``</think>``, or until the thinking budget is spent and the loop forces ``</think>`` in as a
 non-policy token; the reply follows. Without an opened ``<think>`` the policy may open one as its first token.

@@ -6,9 +6,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from actors.dialogue import Dialogue, DialogueSettings
+from antiphon.dialogue_loop import Dialogue, DialogueSettings
 from antiphon.dialogue import AgentTurn, Scenario, UserSimulator, UserTurn
-from antiphon.generation import GenerationResult
 from antiphon.model.chat import ChatFormat
 from antiphon.protocol import decode, encode
 from support import ScriptedEngine

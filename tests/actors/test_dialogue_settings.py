@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from actors.dialogue import DialogueSettings
+from antiphon.dialogue_loop import DialogueSettings
 from antiphon.config.schema import DialogueConfig, ModelConfig, RolloutConfig
 
 

@@ -2,9 +2,10 @@
 with the espeak voice, trajectories through a Redis stream on an embedded Valkey, the learner's model."""
 from __future__ import annotations
 
+import dataclasses
 import pytest
 
-from antiphon.config import compose, to_plain
+from antiphon.config import compose, to_dataclass
 from antiphon.protocol import decode
 from learner.policy import PolicyModel, behaviour_gap
 from simulator.scenarios import generate_scenarios
@@ -20,13 +21,13 @@ def run(rollout_pair, ray_local, tmp_path_factory):
     # rollout.dialogue.max_concurrent=16): its first worker holds the dialogues.
     cfg = compose([*rollout_pair.OVERRIDES, "transport.namespace=dialogue-test"])
     with EmbeddedValkey(tmp_path_factory.mktemp("valkey")) as server:
-        tcfg = dict(to_plain(cfg.transport), url=server.url)
+        tcfg = dataclasses.replace(to_dataclass(cfg.transport), url=server.url)
         reader = BlockingTransport(from_config(tcfg))
         stream = reader.stream("trajectories")
         reader.ensure_group(stream, "test")
         worker = rollout_pair.acquire(transport=tcfg)[0]
         scenarios = [s.to_dict() for s in generate_scenarios(10, seed=7, max_turns=3)]
-        out = ray_local.get(worker.run_dialogues.remote(scenarios, to_plain(cfg.simulator), "t", tcfg))
+        out = ray_local.get(worker.run_dialogues.remote(scenarios, to_dataclass(cfg.simulator), "t", tcfg))
         msgs = reader.read(stream, "test", "c", count=100, block_ms=1000)
         yield out, [decode(payload) for _, payload in msgs]
         reader.close()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from antiphon.config import compose, to_plain
+from antiphon.config import compose, to_dataclass
 from antiphon.generation import GenerationRequest
 from antiphon.model.chat import ChatFormat
 from antiphon.model.tokens import structural_token_ids
@@ -144,7 +144,7 @@ def test_engine_side_audio_encoding_gives_the_same_policy(tiny_path, ray_local, 
     # The module's two workers hold both CPUs: this third one runs beside them without a reservation.
     cfg = compose(["rollout.max_new_tokens=24", "rollout.audio_input=waveform", "rollout.num_cpus_per_worker=0",
                    "+rollout.env.OMP_NUM_THREADS=1"])
-    (worker,) = launch_workers(str(tiny_path), to_plain(cfg.rollout), to_plain(cfg.model), num_workers=1)
+    (worker,) = launch_workers(str(tiny_path), to_dataclass(cfg.rollout), to_dataclass(cfg.model), num_workers=1)
     try:
         reqs = [q for q in _requests(policy, n=8, seed=5) if q.audio]
         worst, diffs = _max_diff(policy, reqs, ray_local.get(worker.generate.remote(reqs)))

@@ -2,11 +2,12 @@
 acknowledged before the crash survives (AOF), publishing resumes, and nothing is written twice."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 
-from antiphon.config import compose, to_plain
+from antiphon.config import compose, to_dataclass
 from antiphon.protocol import decode
 from simulator.scenarios import generate_scenarios
 
@@ -21,10 +22,10 @@ def test_server_crash_mid_run_loses_no_acknowledged_trajectory(tiny_path, ray_lo
                    "rollout.dialogue.max_concurrent=2", "transport.namespace=crash"])
     server = EmbeddedValkey(tmp_path / "valkey", appendfsync="always").start()
     try:
-        tcfg = dict(to_plain(cfg.transport), url=server.url)
-        (worker,) = launch_workers(str(tiny_path), to_plain(cfg.rollout), to_plain(cfg.model), num_workers=1)
+        tcfg = dataclasses.replace(to_dataclass(cfg.transport), url=server.url)
+        (worker,) = launch_workers(str(tiny_path), to_dataclass(cfg.rollout), to_dataclass(cfg.model), num_workers=1)
         scenarios = [s.to_dict() for s in generate_scenarios(16, seed=3)]
-        pending = worker.run_dialogues.remote(scenarios, to_plain(cfg.simulator), "crash", tcfg)
+        pending = worker.run_dialogues.remote(scenarios, to_dataclass(cfg.simulator), "crash", tcfg)
 
         reader = BlockingTransport(from_config(tcfg))
         stream = reader.stream("trajectories")

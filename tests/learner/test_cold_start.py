@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from actors.dialogue import Dialogue, DialogueSettings
+from antiphon.dialogue_loop import Dialogue, DialogueSettings
 from antiphon.config.schema import ColdStartConfig
 from antiphon.dialogue import simulator_factory
 from antiphon.model.chat import ChatFormat

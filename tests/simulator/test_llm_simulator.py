@@ -242,12 +242,12 @@ def test_constructor_names_the_bad_parameter(kw, param):
 
 
 def test_config_group_makes_the_simulator():
-    from antiphon.config import compose, to_plain
+    from antiphon.config import compose, to_dataclass
     from antiphon.dialogue import simulator_factory
 
     cfg = compose(["simulator=llm", "+simulator.backend=openai", "+simulator.endpoint=http://127.0.0.1:1/v1",
                    "+simulator.max_tokens=32", "simulator.seed=5"])
-    sim = simulator_factory(to_plain(cfg.simulator), 16000)()
+    sim = simulator_factory(to_dataclass(cfg.simulator), 16000)()
     assert isinstance(sim, LLMSimulator)
     assert (sim.backend, sim.endpoint, sim.max_tokens, sim.seed, sim.voice_name, sim.sample_rate) == (
         "openai", "http://127.0.0.1:1/v1", 32, 5, "espeak", 16000)
@@ -283,7 +283,7 @@ def llm_engines():
 def test_vllm_backend_in_a_dialogue(tiny_path, llm_engines):
     from transformers import AutoTokenizer
 
-    from actors.dialogue import Dialogue, DialogueSettings
+    from antiphon.dialogue_loop import Dialogue, DialogueSettings
     from antiphon.model.chat import ChatFormat
 
     chat = ChatFormat(AutoTokenizer.from_pretrained(tiny_path))

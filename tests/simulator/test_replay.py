@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.dialogue import Dialogue, DialogueSettings
+from antiphon.dialogue_loop import Dialogue, DialogueSettings
 from antiphon.dialogue import Scenario, UserTurn
-from antiphon.generation import GenerationResult
 from antiphon.model.chat import ChatFormat
 from antiphon.protocol import AudioClip
 from antiphon.wav import read_wav, write_wav
@@ -253,7 +252,7 @@ def test_the_command_checks_a_manifest_and_writes_its_scenarios(example, tmp_pat
 
 
 def test_the_hydra_route_builds_the_simulator(chat, example):
-    from antiphon.config import compose, to_plain
+    from antiphon.config import compose, to_dataclass
     from antiphon.dialogue import simulator_factory
 
     cfg = compose(["simulator=replay", f"+simulator.manifest={example}", "+simulator.loop=false"])
@@ -261,7 +260,7 @@ def test_the_hydra_route_builds_the_simulator(chat, example):
 
     assert "manifest" not in yaml.safe_load((REPO / "configs/simulator/replay.yaml").read_text())  # not a schema key
     assert cfg.simulator._target_ == "simulator.replay.ReplaySimulator"
-    make_sim = simulator_factory(to_plain(cfg.simulator), cfg.model.sample_rate)
+    make_sim = simulator_factory(to_dataclass(cfg.simulator), cfg.model.sample_rate)
     sim = make_sim()
     assert isinstance(sim, ReplaySimulator) and make_sim() is not sim
     assert (sim.manifest_path, sim.sample_rate, sim.seed, sim.loop) == (str(example), cfg.model.sample_rate, 0, False)
