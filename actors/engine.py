@@ -7,7 +7,6 @@ every result was produced by exactly one weight version (``GenerationResult.weig
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -19,34 +18,31 @@ from typing import Any, Dict, List, Mapping
 
 import numpy as np
 
+from antiphon.config import to_dataclass
+from antiphon.config.schema import AudioInput, Device, ModelConfig, RolloutConfig
 from antiphon.generation import GenerationRequest, GenerationResult
 from antiphon.vllm_engine import EngineSpec, start_engine, vllm_env
 
 
-def _plain(cfg: Any) -> Dict[str, Any]:
-    """A config section as a dict (the schema's dataclass, or a mapping given by hand)."""
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-
-
-def engine_env(rollout_cfg: Any) -> Dict[str, str]:
+def engine_env(rollout_cfg: RolloutConfig) -> Dict[str, str]:
     """The environment of a rollout worker's engine, from ``rollout``: set in the worker actor's Ray
     ``runtime_env`` (so it holds before anything in the actor imports vLLM) and again at engine start."""
-    r = _plain(rollout_cfg)
-    return vllm_env(str(r["device"]), r["kv_cache_gib"], r.get("log_level", "ERROR"), r.get("env"))
+    r = to_dataclass(rollout_cfg, RolloutConfig)
+    return vllm_env(str(r.device), r.kv_cache_gib, str(r.log_level), r.env)
 
 
-def engine_spec(model_path: str, rollout_cfg: Any, model_cfg: Any, seed: int) -> EngineSpec:
+def engine_spec(model_path: str, rollout_cfg: RolloutConfig, model_cfg: ModelConfig, seed: int) -> EngineSpec:
     """The rollout engine's settings: ``rollout`` and ``model`` config, plus what rollout needs of vLLM."""
-    r, m = _plain(rollout_cfg), _plain(model_cfg)
+    r, m = to_dataclass(rollout_cfg, RolloutConfig), to_dataclass(model_cfg, ModelConfig)
     return EngineSpec(
-        model_path=str(model_path), device=str(r["device"]), dtype=str(m["dtype"]),
-        max_model_len=int(m["max_model_len"]), seed=int(seed), max_num_seqs=int(r["max_num_seqs"]),
-        enforce_eager=bool(r["enforce_eager"]), tensor_parallel_size=int(r["tensor_parallel_size"]),
-        gpu_memory_utilization=float(r["gpu_memory_utilization"]), kv_cache_gib=float(r["kv_cache_gib"]),
-        log_level=str(r.get("log_level", "ERROR")), env=dict(r.get("env") or {}),
+        model_path=str(model_path), device=str(r.device), dtype=str(m.dtype),
+        max_model_len=m.max_model_len, seed=int(seed), max_num_seqs=r.max_num_seqs,
+        enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_parallel_size,
+        gpu_memory_utilization=r.gpu_memory_utilization, kv_cache_gib=r.kv_cache_gib,
+        log_level=str(r.log_level), env=dict(r.env),
         extra_args=dict(
-            limit_mm_per_prompt={"audio": int(r["max_audio_clips_per_prompt"])},
-            enable_mm_embeds=str(r.get("audio_input", "embeddings")) == "embeddings",
+            limit_mm_per_prompt={"audio": r.max_audio_clips_per_prompt},
+            enable_mm_embeds=r.audio_input is AudioInput.embeddings,
             # The log-prob of what was actually sampled from: after temperature and the token mask.
             logprobs_mode="processed_logprobs",
         ))
@@ -91,10 +87,10 @@ class _ReloadGate:
 class RolloutEngine:
     """Wraps vLLM's ``AsyncLLM``. Create with ``await RolloutEngine.create(...)`` inside a running loop."""
 
-    def __init__(self, model_path: str, rollout_cfg: Any, model_cfg: Any, seed: int):
+    def __init__(self, model_path: str, rollout_cfg: RolloutConfig, model_cfg: ModelConfig, seed: int):
         self.model_path = str(model_path)
-        self.rollout_cfg = _plain(rollout_cfg)
-        self.model_cfg = _plain(model_cfg)
+        self.rollout_cfg = to_dataclass(rollout_cfg, RolloutConfig)
+        self.model_cfg = to_dataclass(model_cfg, ModelConfig)
         self.seed = int(seed)
         self.version = 0
         self._gate = _ReloadGate()
@@ -102,8 +98,8 @@ class RolloutEngine:
         self._param_shapes: Dict[str, tuple] = {}
         self._weights_dir = Path(tempfile.mkdtemp(prefix="antiphon-weights-"))
         self._sampling = None
-        self.sample_rate = int(self.model_cfg.get("sample_rate", 16000))
-        self._embed_audio = str(self.rollout_cfg.get("audio_input", "embeddings")) == "embeddings"
+        self.sample_rate = self.model_cfg.sample_rate
+        self._embed_audio = self.rollout_cfg.audio_input is AudioInput.embeddings
         self._frontend = None
         self._embed_cache: "OrderedDict[bytes, Any]" = OrderedDict()
         self.stats: Counter = Counter()  # seconds and counts since start, for benchmarks and metrics
@@ -135,10 +131,10 @@ class RolloutEngine:
         self._allowed = allowed_token_ids(tok, min(vocab, len(tok)))
         self._sampling_kwargs = dict(
             n=1,
-            temperature=float(r["temperature"]),
-            top_p=float(r["top_p"]),
-            top_k=int(r["top_k"]) if int(r["top_k"]) > 0 else 0,
-            max_tokens=int(r["max_new_tokens"]),
+            temperature=float(r.temperature),
+            top_p=float(r.top_p),
+            top_k=max(0, int(r.top_k)),
+            max_tokens=int(r.max_new_tokens),
             logprobs=0,  # exactly the sampled token's log-prob
             allowed_token_ids=self._allowed,
             detokenize=False,
@@ -161,9 +157,8 @@ class RolloutEngine:
         frontend = AudioFrontend(tower, projector, AutoFeatureExtractor.from_pretrained(self.model_path))
         with safe_open(str(Path(self.model_path) / "model.safetensors"), "pt") as f:
             self._load_frontend(frontend, {k: f.get_tensor(k) for k in f.keys()})
-        device = "cuda" if self.rollout_cfg["device"] == "cuda" else "cpu"
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-            str(self.model_cfg["dtype"])]
+        device = "cuda" if self.rollout_cfg.device is Device.cuda else "cpu"
+        dtype = getattr(torch, str(self.model_cfg.dtype))  # DType's members are torch's dtype names
         return frontend.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
     @staticmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from antiphon.config.schema import Mode
 from antiphon.metrics import progress_line
 
 
@@ -50,7 +51,7 @@ class TrainingDriver:
 
         lc, learner = self.lc, self.learner
         last = int(lc.steps)
-        sync = str(getattr(lc.mode, "value", lc.mode)) == "sync"
+        sync = lc.mode is Mode.sync
         load_s, bcast_s = 0.0, 0.0
         last_t = time.perf_counter()
         step_ref = learner.step.remote(want_samples=self._want_samples(first)) if first <= last else None

@@ -21,8 +21,10 @@ import hydra
 from omegaconf import DictConfig
 
 from antiphon.config import config_dir, register, to_dataclass
+from antiphon.config.schema import Mode
 from antiphon.run_setup import (init_ray, load_scenarios, say, shutdown_workers, transport_for_run,
                                 validated_run_dir)
+
 
 def cold_start_policy(cfg: DictConfig, model_path: Path, scenarios) -> Path:
     """The policy RL starts from: the supervised cold start (cached), or the base model when disabled."""
@@ -83,7 +85,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     rollout_cfg, model_cfg, sim_cfg = to_dataclass(cfg.rollout), to_dataclass(cfg.model), to_dataclass(cfg.simulator)
     learner_cfg, reward_cfg = to_dataclass(lc), to_dataclass(cfg.reward)
     # Sync mode is on-policy by construction; each version needs the whole batch to finish first.
-    staleness = 0 if lc.mode == "sync" else int(lc.max_staleness)
+    staleness = 0 if lc.mode is Mode.sync else int(lc.max_staleness)
     # Workers load every broadcast_every-th version only: their weights may lag that much more.
     bound = staleness + int(lc.broadcast_every) - 1
     learner_cfg = dataclasses.replace(learner_cfg, max_staleness=bound)
@@ -126,7 +128,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
             # -- training --------------------------------------------------------------------------------
             t_loop = time.perf_counter()
-            driver = TrainingDriver(learner, workers, reader, lc, sink, say, t_start)
+            driver = TrainingDriver(learner, workers, reader, learner_cfg, sink, say, t_start)
             steps_log = driver.run(first=int(info["version"]) + 1)
             loop_s = time.perf_counter() - t_loop
 

@@ -18,7 +18,7 @@ def write_summary(run_dir: Path, cfg: DictConfig, *, steps_log: List[Dict[str, A
     from antiphon.dialogue_files import write_dialogues
 
     lc = cfg.learner
-    mode = str(getattr(lc.mode, "value", lc.mode))
+    mode = str(lc.mode)
     listen_dir = write_dialogues(last_dialogues, run_dir / "dialogues", None)
     curve = learning_curve_png(steps_log, run_dir / "learning_curve.png", run_name=cfg.experiment.name)
     summary = {

@@ -596,9 +596,11 @@ def ensure_cold_start(model_path, scenarios_key: str, sim_cfg: Any, cfg: ColdSta
         if scenarios is None:
             from simulator.scenarios import generate_scenarios, read_jsonl
 
-            sc = _sim_dict(sim_cfg)
-            scenarios = read_jsonl(sc["scenarios"]) if sc.get("scenarios") else generate_scenarios(
-                int(sc["num_scenarios"]), int(sc["seed"]), int(sc["max_turns"]))
+            from antiphon.config import to_dataclass
+
+            sc = to_dataclass(sim_cfg, SimulatorConfig)
+            scenarios = read_jsonl(sc.scenarios) if sc.scenarios else generate_scenarios(
+                sc.num_scenarios, sc.seed, sc.max_turns)
         result = train_cold_start(model_path, tmp, scenarios, sim_cfg, cfg, settings)
         result["key"] = key
         result["scenarios_key"] = str(scenarios_key)

@@ -172,19 +172,22 @@ def ensure_tiny_policy(tiny: Mapping[str, Any], cache_dir: str | os.PathLike) ->
 
 
 def resolve_model_path(model_cfg) -> Path:
-    """``model.path`` if set, else the (built-on-demand) tiny policy. Accepts a DictConfig or a dict."""
-    path = model_cfg.get("path") if hasattr(model_cfg, "get") else model_cfg.path
+    """``model.path`` if set, else the (built-on-demand) tiny policy (``model``: the schema's ``ModelConfig``,
+    a config node, or a mapping -- all through the schema)."""
+    import dataclasses
+
+    from antiphon.config import to_dataclass
+    from antiphon.config.schema import ModelConfig
+
+    m = to_dataclass(model_cfg, ModelConfig)
+    path = m.path
     if path:
         p = Path(os.path.expanduser(str(path)))
         if not (p / "config.json").exists():
             raise FileNotFoundError(f"model.path={str(path)!r}: no config.json there (expected a Hugging Face "
                                     "checkpoint directory)")
         return p
-    tiny = model_cfg["tiny"]
-    if not isinstance(tiny, dict):
-        from omegaconf import OmegaConf
-        tiny = OmegaConf.to_container(tiny, resolve=True)
-    return ensure_tiny_policy(tiny, model_cfg["cache_dir"])
+    return ensure_tiny_policy(dataclasses.asdict(m.tiny), m.cache_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
