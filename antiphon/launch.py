@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -186,7 +187,8 @@ def main(cfg: DictConfig) -> None:
     say(f"done in {summary['wall_s']}s. What ran: {summary['what_ran']}.")
     if r:
         say(f"mean reward/total: first 20% of steps {r['first']:.3f} -> last 20% {r['last']:.3f}")
-    say(f"outputs in {run_dir}: summary.json, metrics.jsonl, learning_curve.png, tb/ (tensorboard --logdir "
+    tensorboard = Path(sys.executable).parent / "tensorboard"  # this environment's, as installed with antiphon
+    say(f"outputs in {run_dir}: summary.json, metrics.jsonl, learning_curve.png, tb/ ({tensorboard} --logdir "
         f"{run_dir / 'tb'}), checkpoints/, dialogues/")
 
 
