@@ -94,9 +94,9 @@ class RolloutPair:
         self.workers: List[Any] = []
         self.transport: Optional[Tuple[str, str]] = None
 
-    def acquire(self, transport: Optional[Dict[str, Any]] = None) -> List[Any]:
-        """The workers at weight version 0; ``transport`` (url, namespace): the one this module streams to."""
-        key = (transport["url"], transport["namespace"]) if transport is not None else None
+    def acquire(self, transport: Optional[Any] = None) -> List[Any]:
+        """The workers at weight version 0; ``transport`` (a ``TransportConfig``): the one this module streams to."""
+        key = (transport.url, transport.namespace) if transport is not None else None
         if self.workers:
             versions = self.ray.get([w.weight_version.remote() for w in self.workers])
             if any(versions) or (key is not None and self.transport not in (None, key)):
