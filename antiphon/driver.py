@@ -18,12 +18,12 @@ from antiphon.metrics import progress_line
 
 class TrainingDriver:
     """One run's loop over learner steps ``first..last`` (``learner`` and ``workers`` are Ray actor handles;
-    ``admission`` is the run's ``BlockingTransport``, for its admission operations; ``sink`` a
+    ``transport`` is the run's ``BlockingTransport``, for its admission operations; ``sink`` a
     :class:`antiphon.metrics.MetricsSink`)."""
 
-    def __init__(self, learner, workers: List[Any], admission, learner_cfg, sink,
+    def __init__(self, learner, workers: List[Any], transport, learner_cfg, sink,
                  say: Callable[[str], None], t_start: float):
-        self.learner, self.workers, self.admission, self.lc = learner, workers, admission, learner_cfg
+        self.learner, self.workers, self.transport, self.lc = learner, workers, transport, learner_cfg
         self.sink, self.say, self.t_start = sink, say, t_start
         self.steps_log: List[Dict[str, Any]] = []
         self._pending: Optional[Tuple[int, List[Any], float]] = None  # (version, load refs, start time)
@@ -42,7 +42,7 @@ class TrainingDriver:
         version, refs, t_b = self._pending
         self._pending = None
         load = ray.get(refs)
-        self.admission.set_admission_version(version)
+        self.transport.set_admission_version(version)
         return max(load), time.perf_counter() - t_b
 
     def run(self, first: int) -> List[Dict[str, Any]]:
@@ -72,7 +72,7 @@ class TrainingDriver:
                 if sync:
                     load_s, bcast_s = self._finish_broadcast()
             else:
-                self.admission.set_admission_version(version)
+                self.transport.set_admission_version(version)
             if ckpt_ref is not None:
                 ray.get(ckpt_ref)
             now = time.perf_counter()
