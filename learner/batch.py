@@ -45,14 +45,15 @@ class Batch:
         """A minibatch of rows (padding beyond its longest row is cut)."""
         idx = list(idx)
         width = int(self.model_inputs["attention_mask"][idx].sum(1).max())
-        clips = []
+        clips, feats = [], []
         per_row = self.model_inputs["clips_per_row"]
         starts = np.cumsum([0] + per_row)
         for i in idx:
             clips += self.model_inputs["clips"][starts[i]:starts[i + 1]]
+            feats += self.model_inputs["audio_features"][starts[i]:starts[i + 1]]
         mi = {"input_ids": self.model_inputs["input_ids"][idx, :width],
               "attention_mask": self.model_inputs["attention_mask"][idx, :width],
-              "clips": clips, "clips_per_row": [per_row[i] for i in idx],
+              "clips": clips, "audio_features": feats, "clips_per_row": [per_row[i] for i in idx],
               "completion_pos": [self.model_inputs["completion_pos"][i] for i in idx]}
         cut = width - 1
         return Batch([self.ids[i] for i in idx], [self.groups[i] for i in idx], mi, self.mask[idx, :cut],

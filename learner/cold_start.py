@@ -244,7 +244,7 @@ class _FrozenAudio:
         self.frontend = frontend
         self.cache: Dict[int, Tuple[np.ndarray, Any]] = {}
 
-    def __call__(self, clips):
+    def __call__(self, clips, features=None):  # features: unused, each clip is encoded once anyway
         import torch
 
         todo = [c for c in clips if id(c) not in self.cache]

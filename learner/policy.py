@@ -77,7 +77,10 @@ class PolicyModel:
         for i, x in enumerate(seqs):
             input_ids[i, :len(x)] = torch.tensor(x)
             attn[i, :len(x)] = 1
-        return {"input_ids": input_ids, "attention_mask": attn, "clips": clips, "completion_pos": comp_pos}
+        # Log-mel features depend on the clip only: computed once here for every forward pass of a step.
+        feats = [self.frontend.features(c) for c in clips]
+        return {"input_ids": input_ids, "attention_mask": attn, "clips": clips, "audio_features": feats,
+                "completion_pos": comp_pos}
 
     # -- forward --------------------------------------------------------------------------------
     def forward_logits(self, batch: Dict[str, Any]) -> torch.Tensor:
@@ -93,12 +96,17 @@ class PolicyModel:
             embeds = self.model.get_input_embeddings()(input_ids)
             if batch["clips"]:
                 # Audio embeddings over each clip's own frames (see antiphon.model.audio), in prompt order.
-                audio = torch.cat(self.frontend(batch["clips"]), dim=0).to(embeds.dtype)
+                audio = self.frontend(batch["clips"], batch.get("audio_features"))
+                audio = torch.cat(audio, dim=0).to(embeds.dtype)
                 slots = (input_ids == self.audio_token_id).unsqueeze(-1)
                 if int(slots.sum()) != audio.shape[0]:
                     raise ValueError(f"{int(slots.sum())} audio placeholders for {audio.shape[0]} audio embeddings")
                 embeds = embeds.masked_scatter(slots, audio)
-            hidden = self.model.model.language_model(inputs_embeds=embeds, attention_mask=attn,
+            # Rows are right-padded (build_batch): under the causal mask no real position sees a pad, so the
+            # padding mask changes nothing we read -- and without it attention takes its fused causal path.
+            right_padded = bool((attn[:, :-1] >= attn[:, 1:]).all())
+            hidden = self.model.model.language_model(inputs_embeds=embeds,
+                                                     attention_mask=None if right_padded else attn,
                                                      use_cache=False).last_hidden_state
             hidden = hidden[:, :-1]
             logits = self.model.lm_head(hidden)

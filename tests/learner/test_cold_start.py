@@ -292,17 +292,23 @@ def test_the_format_check_counts_only_what_the_policy_sampled(tokenizer, chat):
 
 
 @pytest.mark.slow
-def test_default_cold_start_emits_the_format_when_sampled(tiny_path, tmp_path):
-    """Default recipe (~1 min on 2 cores): sampled at temperature 1 the policy writes reasoning, </think>,
-    a style tag and <|im_end|>, with styles spread over the tags (the teacher's were uniform)."""
+def test_default_cold_start_emits_the_format_when_sampled(tiny_path):
+    """The launcher's own cold start (default config, ~1 min on 2 cores, built once per cache: the e2e runs
+    and this test share it): sampled at temperature 1 the saved policy writes reasoning, </think>, a style
+    tag and <|im_end|>, with styles spread over the tags (the teacher's were uniform)."""
+    from antiphon.config import compose, to_dataclass
+    from antiphon.launch import cold_start_policy
+    from antiphon.run_setup import load_scenarios
     from learner.policy import PolicyModel
 
-    scenarios = generate_scenarios(1000, seed=0, max_turns=3)
-    result = cs.train_cold_start(tiny_path, tmp_path / "cold", scenarios, SIM, ColdStartConfig(eval_prompts=0),
-                                 DialogueSettings())
+    cfg = compose([])
+    path = cold_start_policy(cfg, tiny_path, load_scenarios(cfg.simulator, cfg.experiment.seed))
+    result = json.loads((path / "cold_start.json").read_text())
+    assert result["config"] == dataclasses.asdict(to_dataclass(cfg.learner.cold_start))
     assert result["nll_after"] < 0.5
-    policy = PolicyModel(tmp_path / "cold")  # the saved checkpoint itself
-    fmt = cs.sample_format_rate(policy, generate_scenarios(48, seed=99, max_turns=3), SIM, DialogueSettings(),
+    policy = PolicyModel(path)  # the saved checkpoint itself
+    settings = DialogueSettings.from_config(to_dataclass(cfg.rollout), to_dataclass(cfg.model))
+    fmt = cs.sample_format_rate(policy, generate_scenarios(48, seed=99, max_turns=3), SIM, settings,
                                 samples_per_prompt=2, seed=3)
     assert fmt["n"] == 96 and fmt["format_rate"] >= 0.8, fmt
     assert fmt["think_in_budget_rate"] >= 0.8 and fmt["end_rate"] >= 0.9
