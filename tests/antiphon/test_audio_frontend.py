@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from antiphon.model.audio import AudioFrontend
+from antiphon.model.audio import AudioFrontend, length_buckets
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +58,28 @@ def test_gradients_reach_the_audio_tower(parts):
 def test_empty_clip_is_refused(parts):
     with pytest.raises(ValueError, match="empty"):
         parts[2].num_embeddings(0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_length_buckets_cover_every_clip_once_within_the_padding_bound(seed):
+    rng = np.random.default_rng(seed)
+    lengths = [int(x) for x in rng.integers(50, 1100, size=int(rng.integers(1, 60)))]
+    buckets = length_buckets(lengths, max_pad=0.25, max_size=8)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    for b in buckets:
+        assert 1 <= len(b) <= 8
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 1.25 * sum(lengths[i] for i in b)
+    flat = [lengths[i] for b in buckets for i in b]
+    assert flat == sorted(flat)  # shortest first
+
+
+def test_a_batch_of_mixed_lengths_equals_each_clip_alone(parts):
+    """Bucketing changes which clips share a padded batch, never a clip's embeddings (nor its gradient)."""
+    _, _, front = parts
+    rng = np.random.default_rng(7)
+    clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 160_000, 8100, 30_000, 9000)]
+    assert len(length_buckets([front.features(c)[0].shape[1] for c in clips])) > 1
+    with torch.no_grad():
+        together = front(clips, [front.features(c) for c in clips])
+        for c, t in zip(clips, together):
+            torch.testing.assert_close(t, front([c])[0], atol=1e-5, rtol=0)
