@@ -105,12 +105,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         streams: List[Any] = []
         learner = None
         try:
-            t0 = time.perf_counter()
-            workers = launch_workers(str(policy_path), rollout_cfg, model_cfg)
-            say(f"{len(workers)} rollout workers ready in {time.perf_counter() - t0:.1f}s")
-            replicas, replica_runs = launch_replicas(tcfg, reward_cfg)
-            say(f"{len(replicas)} reward service replica(s) scoring with "
-                f"{[c.name or c._target_.rsplit('.', 1)[-1] for c in reward_cfg.components]}")
+            # The learner and the reward replicas start while the engines come up (their constructors run
+            # as soon as the actors exist): a vLLM start-up mostly waits on its engine process's imports.
             threads = str(lc.num_threads)
             learner = ray.remote(Learner).options(
                 num_cpus=float(lc.num_cpus), num_gpus=float(lc.num_gpus),
@@ -118,7 +114,14 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                                           "TOKENIZERS_PARALLELISM": "false"}},
             ).remote(str(policy_path), learner_cfg, tcfg, str(run_dir), cfg.rollout.temperature,
                      str(reference_path), resume)
-            info = ray.get(learner.info.remote())
+            replicas, replica_runs = launch_replicas(tcfg, reward_cfg)
+            t0 = time.perf_counter()
+            workers = launch_workers(str(policy_path), rollout_cfg, model_cfg)
+            say(f"{len(workers)} rollout workers ready in {time.perf_counter() - t0:.1f}s")
+            say(f"{len(replicas)} reward service replica(s) scoring with "
+                f"{[c.name or c._target_.rsplit('.', 1)[-1] for c in reward_cfg.components]}")
+            # Started before the engines: by now it has had their whole start-up budget too.
+            info = ray.get(learner.info.remote(), timeout=float(rollout_cfg.startup_timeout_s))
             say(f"learner ready on {info['device']} ({lc.mode}, max_staleness={staleness}, "
                 f"batch {lc.batch_size} dialogues = {lc.batch_size // lc.group_size} scenarios x {lc.group_size})")
             if version0:
