@@ -79,9 +79,10 @@ def make_trajectory(tid: str, replies=("I hear you.", "Bye."), user_emotions=("s
 
 
 def make_scored_dialogue(policy, rng, tid: str, group=0, n_turns: int = 2, version: int = 0,
-                         reply_len=(3, 8), turn_reward=(0.5, -0.25, 1.0), dialogue_reward: float = 0.75):
+                         reply_len=(3, 8), turn_reward=(0.5, -0.25, 1.0), dialogue_reward: float = 0.75,
+                         clip_seconds=None):
     """A real-layout scored dialogue for learner tests: chat-format token ids with one ``<|AUDIO|>`` per
-    user turn (a short tone each), agent turns of random tokens sampled as policy tokens (plus a forced,
+    user turn (a tone each, ``clip_seconds[k]`` long, default 0.4 + 0.2 k s), agent turns of random tokens sampled as policy tokens (plus a forced,
     non-policy ``</think>`` and the turn's glue), and behaviour log-probs that ``policy`` itself gives --
     so a learner with the same weights sees ratio 1."""
     import numpy as np
@@ -96,7 +97,8 @@ def make_scored_dialogue(policy, rng, tid: str, group=0, n_turns: int = 2, versi
     for k in range(n_turns):
         start = len(ids)
         f0 = 150 + 40 * k
-        wave = 0.3 * np.sin(2 * np.pi * f0 * np.arange(int(16000 * (0.4 + 0.2 * k))) / 16000)
+        seconds = 0.4 + 0.2 * k if clip_seconds is None else clip_seconds[k]
+        wave = 0.3 * np.sin(2 * np.pi * f0 * np.arange(int(16000 * seconds)) / 16000)
         clip = AudioClip.from_float(wave, 16000)
         ids += chat.user_turn(f"user says {k}", num_audio=1) + chat.assistant_prefix(True)
         mask += [0] * (len(ids) - len(mask))
