@@ -18,8 +18,6 @@ class ScriptedEngine:
 
 
 # -- reward components for service tests (importable in spawned replica processes) --------------------
-import time as _time  # noqa: E402
-
 from reward_service.component import RewardComponent, Score  # noqa: E402
 
 
@@ -93,7 +91,7 @@ def make_scored_dialogue(policy, rng, tid: str, group=0, n_turns: int = 2, versi
 
     chat = ChatFormat(policy.tokenizer)
     allowed = np.flatnonzero(~policy.banned.cpu().numpy())
-    ids, mask, turns, clips = [], [], [], []
+    ids, mask, turns = [], [], []
     for k in range(n_turns):
         start = len(ids)
         f0 = 150 + 40 * k
