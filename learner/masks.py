@@ -21,3 +21,10 @@ def bool_mask(mask: Tensor, like: Tensor) -> Tensor:
 def masked(x: Tensor, m: Tensor) -> Tensor:
     """``x`` on policy tokens, 0 elsewhere; gradient to masked positions is exactly 0."""
     return torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def spread(values: Tensor, where: Tensor) -> Tensor:
+    """Values computed at the ``where`` positions only (``[N, ...]``, in row-major order) back on the
+    ``where`` grid (``[B, T, ...]``), 0 elsewhere; differentiable w.r.t. ``values``."""
+    out = torch.zeros(tuple(where.shape) + tuple(values.shape[1:]), dtype=values.dtype, device=values.device)
+    return out.index_put((*where.to(values.device).nonzero(as_tuple=True),), values)

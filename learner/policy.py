@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from antiphon.model.audio import AudioFrontend
 from antiphon.model.chat import expand_with_positions
 from antiphon.model.tokens import structural_token_ids
 from antiphon.model.weights import to_checkpoint_state_dict
+from learner.masks import spread
 
 _DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
 
@@ -87,8 +88,12 @@ class PolicyModel:
         """Next-token logits [B, T-1, V] of the sampling distribution: temperature applied, structural tokens -inf."""
         return self.forward(batch)[0]
 
-    def forward(self, batch: Dict[str, Any]):
-        """(logits [B, T-1, V] as in ``forward_logits``, hidden states [B, T-1, H] that predict them)."""
+    def forward(self, batch: Dict[str, Any], where: Optional[torch.Tensor] = None):
+        """(logits [B, T-1, V] as in ``forward_logits``, hidden states [B, T-1, H] that predict them).
+
+        ``where`` ([B, T-1] bool): logits only at those positions, ``[N, V]`` in row-major order. The
+        losses read only policy tokens -- a small share of a spoken dialogue's positions -- and on a real
+        vocabulary (~150k) the full logits tensor would dominate the learner's memory."""
         input_ids = batch["input_ids"].to(self.device)
         attn = batch["attention_mask"].to(self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
@@ -109,16 +114,20 @@ class PolicyModel:
                                                      attention_mask=None if right_padded else attn,
                                                      use_cache=False).last_hidden_state
             hidden = hidden[:, :-1]
-            logits = self.model.lm_head(hidden)
+            logits = self.model.lm_head(hidden if where is None else hidden[where.to(hidden.device)])
         logits = logits.float() / self.temperature
         return logits.masked_fill(self.banned, float("-inf")), hidden.float()
 
-    def token_logprobs(self, logits: torch.Tensor, batch: Dict[str, Any]) -> torch.Tensor:
-        """Log-prob [B, T-1] of each next token given ``forward`` logits (banned targets read 0)."""
+    def token_logprobs(self, logits: torch.Tensor, batch: Dict[str, Any],
+                       where: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Log-prob [B, T-1] of each next token given ``forward`` logits (banned targets read 0); with the
+        ``where`` that ``forward`` was given, positions outside it read 0."""
         logp = torch.log_softmax(logits, dim=-1)
         targets = batch["input_ids"][:, 1:].to(self.device)
-        out = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return out.masked_fill(self.banned[targets], 0.0)
+        if where is not None:
+            targets = targets[where.to(self.device)]
+        out = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).masked_fill(self.banned[targets], 0.0)
+        return out if where is None else spread(out, where)
 
     def forward_logprobs(self, batch: Dict[str, Any]) -> torch.Tensor:
         """Log-prob of every next token [B, T-1] under the sampling distribution (differentiable)."""

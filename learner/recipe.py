@@ -27,6 +27,7 @@ from learner import checkpoint
 from learner.advantages import compute_advantages, explained_variance, uses_critic
 from learner.batch import Batch
 from learner.loss import aggregate, entropy_from_logits, kl_penalty, ppo_policy_loss, value_loss
+from learner.masks import spread
 from learner.policy import PolicyModel
 
 
@@ -77,14 +78,16 @@ class PPORecipe:
         rewards = batch.rewards.to(self.policy.device)
         self.policy.model.eval()  # no dropout in the tiny model; keeps real checkpoints deterministic too
 
-        # 1. Proximal log-probs and values under the current weights.
+        # 1. Proximal log-probs and values under the current weights. Every loss term reads policy tokens
+        #    only, so logits are computed there only (``sel``); values on every position (GAE reads them).
+        sel = mask.bool()
         with torch.no_grad():
-            logits, hidden = self.policy.forward(inputs)
-            prox = self.policy.token_logprobs(logits, inputs)
+            logits, hidden = self.policy.forward(inputs, sel)
+            prox = self.policy.token_logprobs(logits, inputs, sel)
             old_values = self.value_head(hidden).squeeze(-1)
             ref = None
             if self.reference is not None:
-                ref = self.reference.token_logprobs(self.reference.forward(inputs)[0], inputs)
+                ref = self.reference.token_logprobs(self.reference.forward(inputs, sel)[0], inputs, sel)
             del logits, hidden
 
         # 2. Advantages and value targets.
@@ -110,8 +113,8 @@ class PPORecipe:
                 mb = batch.rows(idx) if len(idx) < len(batch) else batch
                 cut = mb.mask.shape[1]
                 m = mask[idx, :cut]
-                logits, hidden = self.policy.forward(mb.model_inputs)
-                logp = self.policy.token_logprobs(logits, mb.model_inputs)
+                logits, hidden = self.policy.forward(mb.model_inputs, m.bool())
+                logp = self.policy.token_logprobs(logits, mb.model_inputs, m.bool())
                 pl, pm = ppo_policy_loss(
                     logp, prox[idx, :cut], None if behav_for_loss is None else behav_for_loss[idx, :cut],
                     adv[idx, :cut], m, clip_low=c.clip_low, clip_high=c.clip_high,
@@ -124,7 +127,7 @@ class PPORecipe:
                                         clip=c.value_clip, agg=c.loss_agg)
                     loss = loss + c.value_coef * vl
                     metrics.update({"loss/value": float(vl.detach()), **vm})
-                ent = aggregate(entropy_from_logits(logits), m, c.loss_agg)
+                ent = aggregate(spread(entropy_from_logits(logits), m.bool()), m, c.loss_agg)
                 metrics["loss/entropy"] = float(ent.detach())
                 if c.entropy_coef > 0:
                     loss = loss - c.entropy_coef * ent
@@ -151,7 +154,9 @@ class PPORecipe:
             rows = list(range(min(4, len(batch))))
             sub = batch.rows(rows)
             cut = sub.mask.shape[1]
-            new_logp = self.policy.token_logprobs(self.policy.forward(sub.model_inputs)[0], sub.model_inputs)
+            where = sel[rows, :cut]
+            new_logp = self.policy.token_logprobs(self.policy.forward(sub.model_inputs, where)[0], sub.model_inputs,
+                                                  where)
             out["kl/update"] = float(aggregate(kl_penalty(new_logp, prox[rows, :cut], KLEstimator.k3),
                                                mask[rows, :cut], LossAgg.token_mean))
             del new_logp

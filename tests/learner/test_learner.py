@@ -68,6 +68,28 @@ def test_rows_do_not_attend_across_dialogues(policy):
             torch.testing.assert_close(alone[0][m], one.behav_logp[0][m], atol=1e-5, rtol=0)
 
 
+def test_logits_at_policy_tokens_only_give_the_full_forwards_values_and_gradients(policy):
+    """The recipe computes logits only where the losses read them; values and gradients are the full
+    forward's there, and nothing (0) elsewhere."""
+    rng = np.random.default_rng(5)
+    b = build_batch(policy, [make_scored_dialogue(policy, rng, f"t{i}", n_turns=2 + i) for i in range(3)])
+    sel, mi = b.mask.bool(), b.model_inputs
+    adv = torch.randn(sel.shape, generator=torch.Generator().manual_seed(0))
+    out = []
+    for where in (None, sel):
+        policy.model.zero_grad(set_to_none=True)
+        logp = policy.token_logprobs(policy.forward(mi, where)[0], mi, where)
+        (logp * adv * b.mask).sum().backward()
+        out.append((logp.detach(), policy.model.lm_head.weight.grad.clone(),
+                    policy.model.model.audio_tower.conv1.weight.grad.clone()))
+    policy.model.zero_grad(set_to_none=True)
+    (full, g_head, g_audio), (part, p_head, p_audio) = out
+    torch.testing.assert_close(part[sel], full[sel], atol=1e-6, rtol=0)
+    assert part[~sel].eq(0).all() and sel.sum() < sel.numel() / 2
+    torch.testing.assert_close(p_head, g_head, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(p_audio, g_audio, atol=1e-6, rtol=1e-5)
+
+
 def test_gradient_is_exactly_zero_off_the_policy_tokens(policy):
     rng = np.random.default_rng(2)
     b = build_batch(policy, [make_scored_dialogue(policy, rng, f"t{i}", n_turns=2) for i in range(2)])
