@@ -97,6 +97,8 @@ def build_batch(policy: PolicyModel, scored_list, reward_norm: Union[RewardNorm,
     samples = [trajectory_sample(s.trajectory) for s in scored_list]
     mi = policy.build_batch(samples)
     mi["clips_per_row"] = [len(x.audio) for x in samples]
+    # Log-mel features depend on the clip only: computed once here for every forward pass of a step.
+    mi["audio_features"] = [policy.frontend.features(c) for c in mi["clips"]]
     B, T = mi["input_ids"].shape
     mask = torch.zeros(B, T - 1)
     behav = torch.zeros(B, T - 1)

@@ -78,10 +78,7 @@ class PolicyModel:
         for i, x in enumerate(seqs):
             input_ids[i, :len(x)] = torch.tensor(x)
             attn[i, :len(x)] = 1
-        # Log-mel features depend on the clip only: computed once here for every forward pass of a step.
-        feats = [self.frontend.features(c) for c in clips]
-        return {"input_ids": input_ids, "attention_mask": attn, "clips": clips, "audio_features": feats,
-                "completion_pos": comp_pos}
+        return {"input_ids": input_ids, "attention_mask": attn, "clips": clips, "completion_pos": comp_pos}
 
     # -- forward --------------------------------------------------------------------------------
     def forward_logits(self, batch: Dict[str, Any]) -> torch.Tensor:
@@ -100,7 +97,8 @@ class PolicyModel:
                             enabled=self.autocast_dtype != torch.float32):
             embeds = self.model.get_input_embeddings()(input_ids)
             if batch["clips"]:
-                # Audio embeddings over each clip's own frames (see antiphon.model.audio), in prompt order.
+                # Audio embeddings over each clip's own frames (see antiphon.model.audio), in prompt order;
+                # a learner Batch brings the clips' log-mel features, computed once for all its passes.
                 audio = self.frontend(batch["clips"], batch.get("audio_features"))
                 audio = torch.cat(audio, dim=0).to(embeds.dtype)
                 slots = (input_ids == self.audio_token_id).unsqueeze(-1)

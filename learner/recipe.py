@@ -112,9 +112,9 @@ class PPORecipe:
                 idx = sorted(int(i) for i in part)
                 mb = batch.rows(idx) if len(idx) < len(batch) else batch
                 cut = mb.mask.shape[1]
-                m = mask[idx, :cut]
-                logits, hidden = self.policy.forward(mb.model_inputs, m.bool())
-                logp = self.policy.token_logprobs(logits, mb.model_inputs, m.bool())
+                m, m_sel = mask[idx, :cut], sel[idx, :cut]
+                logits, hidden = self.policy.forward(mb.model_inputs, m_sel)
+                logp = self.policy.token_logprobs(logits, mb.model_inputs, m_sel)
                 pl, pm = ppo_policy_loss(
                     logp, prox[idx, :cut], None if behav_for_loss is None else behav_for_loss[idx, :cut],
                     adv[idx, :cut], m, clip_low=c.clip_low, clip_high=c.clip_high,
@@ -127,7 +127,7 @@ class PPORecipe:
                                         clip=c.value_clip, agg=c.loss_agg)
                     loss = loss + c.value_coef * vl
                     metrics.update({"loss/value": float(vl.detach()), **vm})
-                ent = aggregate(spread(entropy_from_logits(logits), m.bool()), m, c.loss_agg)
+                ent = aggregate(spread(entropy_from_logits(logits), m_sel), m, c.loss_agg)
                 metrics["loss/entropy"] = float(ent.detach())
                 if c.entropy_coef > 0:
                     loss = loss - c.entropy_coef * ent
