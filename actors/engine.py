@@ -168,12 +168,11 @@ class RolloutEngine:
 
     def _encode_audio(self, clips: List[np.ndarray]) -> List[Any]:
         """Embeddings per clip, cached by content for the current weights (dialogue turns resend history)."""
-        import hashlib
-
         import torch
 
-        keys = [hashlib.blake2b(np.ascontiguousarray(c, dtype=np.float32).tobytes(), digest_size=16).digest()
-                for c in clips]
+        from antiphon.model.audio import clip_key
+
+        keys = [clip_key(c) for c in clips]
         todo = [i for i, k in enumerate(keys) if k not in self._embed_cache]
         if todo:
             t0 = time.perf_counter()

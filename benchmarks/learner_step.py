@@ -4,7 +4,7 @@
 
 The batch: 16 three-turn dialogues of the tiny policy in the rollout's token layout (the learner tests'
 ``make_scored_dialogue``), every user turn a clip of 0.5-10 s (as the scripted users' voiced turns
-run), agent turns of 20-60 random policy tokens; the
+run; the four rollouts of a group hear the same three clips), agent turns of 20-60 random policy tokens; the
 learner config is the default experiment's (group baseline, KL to a frozen reference, 2 minibatches).
 Reports the median ``train_step`` time and, for the audio front end alone, forward + backward with
 clips batched by length (what the learner does) against one padded batch of all clips.
@@ -55,8 +55,10 @@ def main() -> None:
     recipe = PPORecipe(cfg, path)
     recipe.setup()
     rng = np.random.default_rng(0)
+    # The rollouts of one group hear the same user turns (one scenario, the same scripted lines voiced).
+    seconds = [rng.uniform(0.5, 10.0, 3) for _ in range(cfg.batch_size // cfg.group_size)]
     scored = [make_scored_dialogue(recipe.policy, rng, f"d{i}", group=i // cfg.group_size, n_turns=3,
-                                   reply_len=(20, 60), clip_seconds=rng.uniform(0.5, 10.0, 3))
+                                   reply_len=(20, 60), clip_seconds=seconds[i // cfg.group_size])
               for i in range(cfg.batch_size)]
     batch = build_batch(recipe.policy, scored)
     step_s = _median_s(lambda: recipe.train_step(batch, 0), a.repeats)
@@ -72,7 +74,7 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} cores; torch {torch.__version__}; threads {a.threads}")
     print(f"batch: {len(batch)} dialogues, width {batch.model_inputs['input_ids'].shape[1]}, "
-          f"{int(batch.mask.sum())} policy tokens, {len(feats)} clips")
+          f"{int(batch.mask.sum())} policy tokens, {len(feats)} clips ({len({id(f) for f in feats})} distinct)")
     print(f"train_step: {step_s:.2f} s (median of {a.repeats})")
     print(f"audio front end fwd+bwd: by length {_median_s(bucketed, a.repeats):.2f} s, "
           f"one padded batch {_median_s(one_batch, a.repeats):.2f} s")

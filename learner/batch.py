@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from antiphon.config.schema import RewardNorm
+from antiphon.model.audio import clip_key
 from learner.policy import PolicyModel, trajectory_sample
 
 
@@ -97,8 +98,11 @@ def build_batch(policy: PolicyModel, scored_list, reward_norm: Union[RewardNorm,
     samples = [trajectory_sample(s.trajectory) for s in scored_list]
     mi = policy.build_batch(samples)
     mi["clips_per_row"] = [len(x.audio) for x in samples]
-    # Log-mel features depend on the clip only: computed once here for every forward pass of a step.
-    mi["audio_features"] = [policy.frontend.features(c) for c in mi["clips"]]
+    # Log-mel features depend on the clip only: computed once here for every forward pass of a step, and
+    # once per distinct clip (a group's rollouts hear the same user turns).
+    by_clip: Dict[bytes, Any] = {}
+    mi["audio_features"] = [by_clip[k] if k in by_clip else by_clip.setdefault(k, policy.frontend.features(c))
+                            for k, c in ((clip_key(c), c) for c in mi["clips"])]
     B, T = mi["input_ids"].shape
     mask = torch.zeros(B, T - 1)
     behav = torch.zeros(B, T - 1)

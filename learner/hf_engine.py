@@ -16,7 +16,6 @@ on which dialogues run beside it (up to float rounding across batch shapes).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import OrderedDict
 from typing import List, Sequence, Tuple
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from antiphon.generation import GenerationRequest, GenerationResult
+from antiphon.model.audio import clip_key
 from antiphon.model.chat import expand_with_positions
 from learner.policy import PolicyModel
 
@@ -87,8 +87,7 @@ class HFEngine:
 
     # -- the work -----------------------------------------------------------------------------------
     def _embed_clips(self, clips: List[np.ndarray]) -> List[torch.Tensor]:
-        keys = [hashlib.blake2b(np.ascontiguousarray(c, dtype=np.float32).tobytes(), digest_size=16).digest()
-                for c in clips]
+        keys = [clip_key(c) for c in clips]
         uniq = list(dict.fromkeys(keys))
         todo = [k for k in uniq if k not in self._clips]
         if todo:

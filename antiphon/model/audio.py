@@ -10,7 +10,8 @@ sides compute one function.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import hashlib
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -63,17 +64,24 @@ class AudioFrontend(nn.Module):
         """One [tokens_i, text_hidden] tensor per clip (differentiable w.r.t. the tower and projector).
 
         ``features``: ``self.features(c)`` for each clip, when the caller already has them (they depend on
-        the clip only, so a learner step computes them once for all its forward passes)."""
+        the clip only, so a learner step computes them once for all its forward passes).
+
+        A clip that occurs more than once is encoded once and its tensor returned at each place: the
+        rollouts of one group hear the same user turns, so a learner batch holds each of them several
+        times. Gradients reaching a shared tensor add up, exactly as if each copy were encoded."""
         if not clips:
             return []
-        feats = list(features) if features is not None else [self.features(c) for c in clips]
-        if len(feats) != len(clips):
-            raise ValueError(f"{len(feats)} feature sets for {len(clips)} clips")
-        out: List[Optional[torch.Tensor]] = [None] * len(feats)
-        for bucket in length_buckets([f.shape[1] for f, _ in feats]):
-            for i, e in zip(bucket, self._encode([feats[i] for i in bucket])):
-                out[i] = e
-        return out
+        if features is not None and len(features) != len(clips):
+            raise ValueError(f"{len(features)} feature sets for {len(clips)} clips")
+        first: Dict[bytes, int] = {}  # content -> the index of its first occurrence
+        owner = [first.setdefault(clip_key(c), i) for i, c in enumerate(clips)]
+        unique = sorted(first.values())
+        feats = {i: features[i] if features is not None else self.features(clips[i]) for i in unique}
+        encoded: Dict[int, torch.Tensor] = {}
+        for bucket in length_buckets([feats[i][0].shape[1] for i in unique]):
+            for j, e in zip(bucket, self._encode([feats[unique[j]] for j in bucket])):
+                encoded[unique[j]] = e
+        return [encoded[i] for i in owner]
 
     def _encode(self, feats: Sequence[Tuple[torch.Tensor, int]]) -> List[torch.Tensor]:
         """Clips of similar length in one padded batch; attention masks the padding."""
@@ -104,6 +112,11 @@ class AudioFrontend(nn.Module):
         h = tower.avg_pooler(h.permute(0, 2, 1)).permute(0, 2, 1)
         h = self.multi_modal_projector(tower.layer_norm(h))
         return [h[i, :kept] for i, (_, kept) in enumerate(lens)]
+
+
+def clip_key(clip: np.ndarray) -> bytes:
+    """A clip's identity by content (its float32 samples), for encoding each distinct clip once."""
+    return hashlib.blake2b(np.ascontiguousarray(clip, dtype=np.float32), digest_size=16).digest()
 
 
 def length_buckets(lengths: Sequence[int], max_pad: float = 0.25, max_size: int = 32) -> List[List[int]]:

@@ -29,9 +29,12 @@ are measured on their first ``max_seconds``. Cost: ~5-15 ms per 3 s clip on one 
 """
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -143,8 +146,30 @@ def measure_prosody(wave: Optional[np.ndarray], sample_rate: int, max_seconds: f
     return out
 
 
+CLIP_CACHE_ENTRIES = 4096  # a few hundred bytes each
+_clip_cache: "OrderedDict[Tuple[bytes, int, float], ProsodyFeatures]" = OrderedDict()
+_clip_cache_lock = threading.Lock()
+
+
 def clip_prosody(clip, max_seconds: float = 30.0) -> ProsodyFeatures:
-    """``measure_prosody`` of an ``antiphon.protocol.AudioClip`` (or None)."""
+    """``measure_prosody`` of an ``antiphon.protocol.AudioClip`` (or None), each distinct clip measured once.
+
+    The rollouts of a group hear the same user turns and a voice says a repeated reply the same way, so
+    the same clip reaches the verifiers many times; its features (a copy each time) come from a bounded
+    LRU cache keyed by the clip's samples and rate."""
     if clip is None:
         return ProsodyFeatures(0.0, reason="no audio")
-    return measure_prosody(clip.pcm, clip.sample_rate, max_seconds=max_seconds)
+    pcm = np.ascontiguousarray(clip.pcm)
+    key = (hashlib.blake2b(pcm, digest_size=16).digest() + str(pcm.dtype).encode(), int(clip.sample_rate),
+           float(max_seconds))
+    with _clip_cache_lock:
+        hit = _clip_cache.get(key)
+        if hit is not None:
+            _clip_cache.move_to_end(key)
+            return replace(hit)
+    feats = measure_prosody(pcm, clip.sample_rate, max_seconds=max_seconds)
+    with _clip_cache_lock:
+        _clip_cache[key] = replace(feats)
+        while len(_clip_cache) > CLIP_CACHE_ENTRIES:
+            _clip_cache.popitem(last=False)
+    return feats

@@ -83,3 +83,29 @@ def test_a_batch_of_mixed_lengths_equals_each_clip_alone(parts):
         together = front(clips, [front.features(c) for c in clips])
         for c, t in zip(clips, together):
             torch.testing.assert_close(t, front([c])[0], atol=1e-5, rtol=0)
+
+
+def test_a_repeated_clip_is_encoded_once_with_the_gradient_of_every_copy(parts):
+    """A group's rollouts hear the same user turns: the batch holds them repeatedly, each is encoded once
+    (one tensor at every place, equal copies of the array included), and the tower's gradient equals that
+    of encoding every copy on its own."""
+    _, _, front = parts
+    rng = np.random.default_rng(3)
+    a, b = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 12000)]
+    clips = [a, b, a.copy(), a, b.copy()]
+    weights = [1.0, 2.0, 3.0, 4.0, 5.0]  # each place contributes differently to the loss
+
+    def grads(outs):
+        front.zero_grad()
+        sum(w * o.square().sum() for w, o in zip(weights, outs)).backward()
+        return {k: p.grad.clone() for k, p in front.named_parameters() if p.grad is not None}
+
+    together = front(clips)
+    assert together[0] is together[2] is together[3] and together[1] is together[4]
+    assert together[0] is not together[1]
+    shared = grads(together)
+    separate = grads([front([c])[0] for c in clips])
+    assert shared.keys() == separate.keys() and shared
+    for k in shared:
+        torch.testing.assert_close(shared[k], separate[k], atol=1e-4, rtol=1e-4)
+    front.zero_grad()

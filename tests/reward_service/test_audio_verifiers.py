@@ -116,6 +116,26 @@ def test_prosody_measures_every_clip_the_same_way_each_time(voice):
     assert len({f.f0_median_hz for f in first}) > 1  # the deliveries differ, and the measure sees it
 
 
+def test_a_clip_heard_again_is_measured_once_and_each_caller_gets_its_own_copy(voice, monkeypatch):
+    from antiphon.protocol import AudioClip
+    from reward_service.verifiers import prosody
+
+    monkeypatch.setattr(prosody, "_clip_cache", type(prosody._clip_cache)())
+    monkeypatch.setattr(prosody, "CLIP_CACHE_ENTRIES", 2)
+    calls = []
+    monkeypatch.setattr(prosody, "measure_prosody",
+                        lambda *a, **k: calls.append(1) or measure_prosody(*a, **k))
+    a, b, c = (AudioClip.from_float(voice.synthesize(t), SR) for t in AGENT_TEXTS[:3])
+    first = prosody.clip_prosody(a)
+    assert first == measure_prosody(a.pcm, SR) and len(calls) == 1
+    first.f0_median_hz = -1.0  # a caller changing its copy changes nothing for the next one
+    again = prosody.clip_prosody(AudioClip(pcm=a.pcm.copy(), sample_rate=a.sample_rate))  # equal samples
+    assert len(calls) == 1 and again == measure_prosody(a.pcm, SR)
+    prosody.clip_prosody(b), prosody.clip_prosody(c)  # two more: the cache holds 2, ``a`` was oldest
+    assert len(calls) == 3 and len(prosody._clip_cache) == 2
+    prosody.clip_prosody(a)
+    assert len(calls) == 4
+
 def test_prosody_of_silence_noise_and_nothing():
     rng = np.random.default_rng(0)
     cases = {
