@@ -12,11 +12,15 @@ venv:
 demo: venv
 	$(PY) -m antiphon.launch $(ARGS)
 
+# Two workers: the tests that start Ray and vLLM engines run in file order on one (tests/conftest.py), the
+# rest beside them on the other.
+XDIST := -n 2 --dist loadgroup
+
 test: venv
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(XDIST) $(ARGS)
 
 test-fast: venv
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -34,13 +34,27 @@ _release: Dict[str, Callable[[], None]] = {}
 _last_user: Dict[str, str] = {}  # fixture name -> node id of the last selected test that uses it
 
 
-@pytest.hookimpl(trylast=True)  # after -m/-k deselection: the order that will run
-def pytest_collection_modifyitems(items) -> None:
+# `make test` runs two pytest-xdist workers (--dist loadgroup): every test that uses the session's Ray
+# instance or rollout pair goes to one of them, in file order (the release hooks above count on that
+# order), while the other worker runs the rest beside it -- including the slow tests that start their own
+# engines or Ray instance, so the two workers' long tests overlap.
+SERIAL_FIXTURES = {"ray_local", "ray_address", "rollout_pair"}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items):
+    # Before every other implementation: xdist reads the group marks in its own.
+    for item in items:
+        if SERIAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("engines"))
+    result = yield
+    # After them all (-m/-k deselection included): the order that will run.
     _last_user.clear()
     for item in items:
         for name in _RELEASE_ORDER:
             if name in getattr(item, "fixturenames", ()):
                 _last_user[name] = item.nodeid
+    return result
 
 
 @pytest.hookimpl(wrapper=True)
