@@ -12,8 +12,8 @@ venv:
 demo: venv
 	$(PY) -m antiphon.launch $(ARGS)
 
-# Two workers: the tests that start Ray and vLLM engines run in file order on one (tests/conftest.py), the
-# rest beside them on the other.
+# Two workers, each running whole groups in file order: the tests that share the session's Ray instance
+# and rollout pair are one group, every other module one of its own (tests/conftest.py).
 XDIST := -n 2 --dist loadgroup
 
 test: venv

@@ -34,10 +34,11 @@ _release: Dict[str, Callable[[], None]] = {}
 _last_user: Dict[str, str] = {}  # fixture name -> node id of the last selected test that uses it
 
 
-# `make test` runs two pytest-xdist workers (--dist loadgroup): every test that uses the session's Ray
-# instance or rollout pair goes to one of them, in file order (the release hooks above count on that
-# order), while the other worker runs the rest beside it -- including the slow tests that start their own
-# engines or Ray instance, so the two workers' long tests overlap.
+# `make test` runs two pytest-xdist workers (--dist loadgroup), and a group runs on one worker in file
+# order: every test that uses the session's Ray instance or rollout pair is in one group (the release hook
+# below counts on that order), every other module is a group of its own (module fixtures are built once,
+# and a module's tests may build on each other, e.g. the README's commands), so the two workers run whole
+# modules beside each other.
 SERIAL_FIXTURES = {"ray_local", "ray_address", "rollout_pair"}
 
 
@@ -45,8 +46,8 @@ SERIAL_FIXTURES = {"ray_local", "ray_address", "rollout_pair"}
 def pytest_collection_modifyitems(items):
     # Before every other implementation: xdist reads the group marks in its own.
     for item in items:
-        if SERIAL_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("engines"))
+        shared = SERIAL_FIXTURES & set(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.xdist_group("engines" if shared else item.nodeid.split("::")[0]))
     result = yield
     # After them all (-m/-k deselection included): the order that will run.
     _last_user.clear()
