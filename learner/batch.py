@@ -100,9 +100,12 @@ def build_batch(policy: PolicyModel, scored_list, reward_norm: Union[RewardNorm,
     mi["clips_per_row"] = [len(x.audio) for x in samples]
     # Log-mel features depend on the clip only: computed once here for every forward pass of a step, and
     # once per distinct clip (a group's rollouts hear the same user turns).
+    keys = [clip_key(c) for c in mi["clips"]]
     by_clip: Dict[bytes, Any] = {}
-    mi["audio_features"] = [by_clip[k] if k in by_clip else by_clip.setdefault(k, policy.frontend.features(c))
-                            for k, c in ((clip_key(c), c) for c in mi["clips"])]
+    for k, c in zip(keys, mi["clips"]):
+        if k not in by_clip:
+            by_clip[k] = policy.frontend.features(c)
+    mi["audio_features"] = [by_clip[k] for k in keys]
     B, T = mi["input_ids"].shape
     mask = torch.zeros(B, T - 1)
     behav = torch.zeros(B, T - 1)
