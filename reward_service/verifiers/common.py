@@ -7,6 +7,7 @@ normalisation and adds 0 for them.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from antiphon.protocol import Trajectory
@@ -19,13 +20,37 @@ def not_applicable(**details: Any) -> Score:
     return Score(NOT_APPLICABLE, {"applicable": False, **details})
 
 
-def load_tokenizer(path: str, owner: str):
-    """The Hugging Face tokenizer at ``path``; ValueError naming ``owner``'s ``tokenizer_path`` if it fails."""
-    from transformers import AutoTokenizer
+class FileTokenizer:
+    """A ``tokenizer.json`` (a Hugging Face fast tokenizer's own file) read with the ``tokenizers`` library,
+    offering the two calls the verifiers make. Why not ``AutoTokenizer``: importing transformers' auto
+    classes costs ~11 s of CPU, the reward service's whole start-up otherwise, for a vocabulary lookup."""
 
+    unk_token_id = None  # an unknown token is None here, never mapped to an unk id
+
+    def __init__(self, tokenizer):
+        self._tok = tokenizer
+
+    def convert_tokens_to_ids(self, tokens: Sequence[str]) -> List[Optional[int]]:
+        return [self._tok.token_to_id(t) for t in tokens]
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> List[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+
+def load_tokenizer(path: str, owner: str):
+    """The tokenizer at ``path``: its ``tokenizer.json`` when there is one (``FileTokenizer``), else Hugging
+    Face's ``AutoTokenizer`` (a tokenizer saved without one). ValueError naming ``owner``'s
+    ``tokenizer_path`` if it cannot be loaded."""
+    file = Path(str(path)) / "tokenizer.json"
     try:
+        if file.is_file():
+            from tokenizers import Tokenizer
+
+            return FileTokenizer(Tokenizer.from_file(str(file)))
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(str(path))
-    except Exception as e:  # transformers raises OSError, ValueError, ... depending on what is wrong
+    except Exception as e:  # tokenizers and transformers raise OSError, ValueError, ... depending on what is wrong
         raise ValueError(f"{owner}: tokenizer_path={path!r} cannot be loaded ({type(e).__name__}: {e})") from None
 
 

@@ -347,3 +347,37 @@ def test_every_verifier_keeps_the_contract_and_plain_details(tiny_path, markers)
             for s in scores:
                 assert isinstance(s, Score) and math.isfinite(s.value)
                 msgpack.packb(s.details)  # details travel on the wire (scored trajectories)
+
+
+def test_the_default_reward_set_builds_without_torch_or_transformers(tiny_path):
+    """The reward service reads the policy's tokenizer from its ``tokenizer.json``: a replica of the default
+    reward set starts without importing torch or transformers (~11 s of CPU each, measured)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from antiphon.config import compose, to_dataclass\n"
+            "from antiphon.config.schema import RewardConfig\n"
+            "from reward_service.compose import build_specs\n"
+            f"cfg = compose(['model.path={tiny_path}'])\n"
+            "specs = build_specs(to_dataclass(cfg.reward, RewardConfig).components)\n"
+            "assert specs[0].component.marker_ids is not None\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules), len(specs))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["[]", "6"], res.stdout
+
+
+def test_file_tokenizer_agrees_with_transformers(tiny_path):
+    from transformers import AutoTokenizer
+
+    from reward_service.verifiers.common import FileTokenizer, load_tokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(tiny_path))
+    ours = load_tokenizer(str(tiny_path), "test")
+    assert isinstance(ours, FileTokenizer)
+    tokens = ["<think>", "</think>", "<|im_end|>", "<|AUDIO|>", "no-such-token-here"]
+    assert ours.convert_tokens_to_ids(tokens)[:4] == hf.convert_tokens_to_ids(tokens)[:4]
+    assert ours.convert_tokens_to_ids(tokens)[4] is None
+    for text in ["it is seven, because 3 + 4 = 7!", "  spaced   out\ttext\n", "<think>why</think> fine<|im_end|>"]:
+        assert ours.encode(text, add_special_tokens=False) == hf.encode(text, add_special_tokens=False)
