@@ -12,10 +12,9 @@ venv:
 demo: venv
 	$(PY) -m antiphon.launch $(ARGS)
 
-# Two workers, each running whole groups in file order: the tests that use a session Ray instance or rollout
-# pair form two lanes, queued first so each worker starts on one; every other module is a group of its own
-# and fills in beside them (tests/conftest.py).
-XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+# Two workers, each running whole groups in file order: the tests that share the session's Ray instance
+# and rollout pair are one group, every other module one of its own (tests/conftest.py).
+XDIST := -n 2 --dist loadgroup
 
 test: venv
 	$(PY) -m pytest $(XDIST) $(ARGS)

@@ -8,7 +8,7 @@ import dataclasses
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -29,56 +29,32 @@ RAY_CPUS = 4
 # -- session fixtures released after their last test ----------------------------------------------------
 # An idle pair of vLLM engines or an idle Ray instance would hold memory and CPU through the rest of the
 # suite, so these are released right after the last collected test that uses them, dependents first.
-# Under xdist with two or more workers each lane (below) runs on a worker of its own, with its own
-# session fixtures: there the last user in each lane releases them.
 _RELEASE_ORDER = ("rollout_pair", "ray_local")
 _release: Dict[str, Callable[[], None]] = {}
-_last_user: Dict[str, Set[str]] = {}  # fixture name -> node ids after which it is released
+_last_user: Dict[str, str] = {}  # fixture name -> node id of the last selected test that uses it
 
 
-# `make test` runs two pytest-xdist workers (--dist loadgroup --no-loadscope-reorder), and a group runs on
-# one worker in file order. The tests that use a session Ray instance or rollout pair are split into two
-# lanes (groups), one per worker, each starting its own Ray instance; every other module is a group of its
-# own (module fixtures are built once, and a module's tests may build on each other, e.g. the README's
-# commands). The lanes are queued first, so each worker starts on one, and the modules fill in beside and
-# after them. SECOND_LANE balances the lanes by measured duration (s, this 2-core machine, one suite run):
-# lane 1 the rollout pair's modules (~220), the sync run and its resume (~190) and the seed-0 learning run
-# (~290); lane 2 the seed-1 learning run with its own cold start (~390), the sweep (~275) and the Valkey
-# crash (~60). Both lanes' tests hold the same fixtures, so any order in one process stays valid.
+# `make test` runs two pytest-xdist workers (--dist loadgroup), and a group runs on one worker in file
+# order: every test that uses the session's Ray instance or rollout pair is in one group (the release hook
+# below counts on that order), every other module is a group of its own (module fixtures are built once,
+# and a module's tests may build on each other, e.g. the README's commands), so the two workers run whole
+# modules beside each other.
 SERIAL_FIXTURES = {"ray_local", "ray_address", "rollout_pair"}
-SECOND_LANE = ("tests/e2e/test_learning.py::test_tiny_default_reward_rises_because_the_policy_learned[1]",
-               "tests/e2e/test_learning.py::test_multirun_sweep_runs_isolated_jobs_and_compares_them",
-               "tests/e2e/test_valkey_restart.py::")
-LANES = ("engines-1", "engines-2")
-
-
-def _lane(nodeid: str) -> str:
-    return LANES[1] if nodeid.startswith(SECOND_LANE) else LANES[0]
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(items):
     # Before every other implementation: xdist reads the group marks in its own.
-    groups: Dict[int, str] = {}  # by id(item): xdist appends "@<group>" to the node ids
     for item in items:
         shared = SERIAL_FIXTURES & set(getattr(item, "fixturenames", ()))
-        groups[id(item)] = _lane(item.nodeid) if shared else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
+        item.add_marker(pytest.mark.xdist_group("engines" if shared else item.nodeid.split("::")[0]))
     result = yield
-    # After them all (-m/-k deselection included): the order that will run. Under xdist the lanes go first
-    # (xdist queues groups in the order of their first test); in one process the file order stays.
-    workers = int(getattr(config, "workerinput", {}).get("workercount", 0))  # set in xdist's workers only
-    if workers:
-        rank = {lane: i for i, lane in enumerate(LANES)}
-        items.sort(key=lambda it: rank.get(groups.get(id(it)), len(LANES)))  # stable: file order within
-    last: Dict[Tuple[str, str], str] = {}
+    # After them all (-m/-k deselection included): the order that will run.
+    _last_user.clear()
     for item in items:
         for name in _RELEASE_ORDER:
             if name in getattr(item, "fixturenames", ()):
-                last[(name, groups[id(item)] if workers >= 2 else "")] = item.nodeid
-    _last_user.clear()
-    for (name, _), nodeid in last.items():
-        _last_user.setdefault(name, set()).add(nodeid)
+                _last_user[name] = item.nodeid
     return result
 
 
@@ -86,7 +62,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_teardown(item, nextitem):
     result = yield  # the test's own function and module fixtures are torn down first
     for name in _RELEASE_ORDER:
-        if item.nodeid in _last_user.get(name, ()) and name in _release:
+        if _last_user.get(name) == item.nodeid and name in _release:
             _release.pop(name)()
     return result
 
