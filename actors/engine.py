@@ -7,11 +7,9 @@ every result was produced by exactly one weight version (``GenerationResult.weig
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
@@ -21,6 +19,7 @@ import numpy as np
 from antiphon.config import to_dataclass
 from antiphon.config.schema import AudioInput, Device, ModelConfig, RolloutConfig
 from antiphon.generation import GenerationRequest, GenerationResult
+from antiphon.lru import LRUCache
 from antiphon.vllm_engine import EngineSpec, start_engine, vllm_env
 
 
@@ -85,7 +84,7 @@ class _ReloadGate:
 
 
 class RolloutEngine:
-    """Wraps vLLM's ``AsyncLLM``. Create with ``await RolloutEngine.create(...)`` inside a running loop."""
+    """Wraps vLLM's engine, run in this process (``antiphon.vllm_engine.InProcessEngine``). Create with ``await RolloutEngine.create(...)`` inside a running loop."""
 
     def __init__(self, model_path: str, rollout_cfg: RolloutConfig, model_cfg: ModelConfig, seed: int):
         self.model_path = str(model_path)
@@ -96,12 +95,15 @@ class RolloutEngine:
         self._gate = _ReloadGate()
         self._engine = None
         self._param_shapes: Dict[str, tuple] = {}
-        self._weights_dir = Path(tempfile.mkdtemp(prefix="antiphon-weights-"))
         self._sampling = None
         self.sample_rate = self.model_cfg.sample_rate
         self._embed_audio = self.rollout_cfg.audio_input is AudioInput.embeddings
         self._frontend = None
-        self._embed_cache: "OrderedDict[bytes, Any]" = OrderedDict()
+        # Dialogue turns resend their history: each clip's log-mel features (they depend on the clip only)
+        # and its embeddings (they depend on the weights too: cleared at every reload) are cached by content.
+        nbytes = lambda t: t.element_size() * t.nelement()
+        self._features: LRUCache = LRUCache(4096, 256 << 20, lambda fv: nbytes(fv[0]))
+        self._embeds: LRUCache = LRUCache(4096, 256 << 20, nbytes)
         self.stats: Counter = Counter()  # seconds and counts since start, for benchmarks and metrics
 
     @classmethod
@@ -118,7 +120,7 @@ class RolloutEngine:
 
         # The worker process exists for this engine: its vLLM environment stays set (keep_env).
         self._engine = start_engine(engine_spec(self.model_path, self.rollout_cfg, self.model_cfg, self.seed),
-                                    keep_env=True)
+                                    keep_env=True, in_process=True)
         from vllm import SamplingParams  # after start_engine: vLLM reads its environment at import
 
         r = self.rollout_cfg
@@ -167,27 +169,26 @@ class RolloutEngine:
         frontend.load_state_dict(own, strict=True)
 
     def _encode_audio(self, clips: List[np.ndarray]) -> List[Any]:
-        """Embeddings per clip, cached by content for the current weights (dialogue turns resend history)."""
+        """Embeddings per clip under the current weights, each distinct clip encoded once."""
         import torch
 
         from antiphon.model.audio import clip_key
 
         keys = [clip_key(c) for c in clips]
-        todo = [i for i, k in enumerate(keys) if k not in self._embed_cache]
+        out = [self._embeds.get(k) for k in keys]
+        todo = [i for i, e in enumerate(out) if e is None]
         if todo:
             t0 = time.perf_counter()
+            feats = []
+            for i in todo:
+                f = self._features.get(keys[i])
+                feats.append(f if f is not None else self._features.put(keys[i], self._frontend.features(clips[i])))
             with torch.inference_mode():
-                fresh = self._frontend([clips[i] for i in todo])
+                fresh = self._frontend([clips[i] for i in todo], features=feats)
             self.stats["audio_features_s"] += time.perf_counter() - t0
             self.stats["clips_encoded"] += len(todo)
             for i, e in zip(todo, fresh):
-                self._embed_cache[keys[i]] = e.float().cpu()
-        out = []
-        for k in keys:
-            self._embed_cache.move_to_end(k)
-            out.append(self._embed_cache[k])
-        while len(self._embed_cache) > 4096:
-            self._embed_cache.popitem(last=False)
+                out[i] = self._embeds.put(keys[i], e.float().cpu())
         return out
 
     # -- generation -----------------------------------------------------------------------------
@@ -263,31 +264,27 @@ class RolloutEngine:
             raise ValueError("weight update rejected: " + "; ".join(problems[:8]))
 
     async def load_weights(self, state_dict: Mapping[str, Any], version: int) -> float:
-        """Replace the weights in place (checkpoint naming), tagging later results with ``version``."""
-        from safetensors.torch import save_file
+        """Replace the weights in place (checkpoint naming), tagging later results with ``version``.
 
+        The engine runs in this process, so its loader reads the tensors themselves: nothing is staged on
+        disk, and the engine's model config keeps pointing at the policy directory (its processor files)."""
         if version <= self.version:
             raise ValueError(f"weight version {version} is not newer than the loaded version {self.version}")
         self._validate_weights(state_dict)
         t0 = time.perf_counter()
-        stage = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=self._weights_dir))
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(stage / "model.safetensors"))
         async with self._gate.reloading():
-            await self._engine.collective_rpc("reload_weights", kwargs={"weights_path": str(stage)})
+            await self._engine.collective_rpc("reload_weights", kwargs={
+                "weights_iterator": [(k, v.contiguous()) for k, v in state_dict.items()]})
             # Cached KV blocks and encoder outputs were computed by the old weights.
             await self._engine.reset_prefix_cache()
             await self._engine.reset_encoder_cache()
             if self._frontend is not None:
                 self._load_frontend(self._frontend, state_dict)
-                self._embed_cache.clear()
+                self._embeds.clear()
             self.version = int(version)
-        for old in self._weights_dir.iterdir():
-            if old != stage:
-                shutil.rmtree(old, ignore_errors=True)
         return time.perf_counter() - t0
 
     def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
-        shutil.rmtree(self._weights_dir, ignore_errors=True)

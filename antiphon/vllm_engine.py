@@ -9,10 +9,13 @@ limits, the log-prob mode, text only) is passed as ``extra_args``.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
+import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, AsyncIterator, Callable, Dict, Mapping, Optional
 
 DEVICES = ("cpu", "cuda")
 
@@ -86,8 +89,15 @@ class EngineSpec:
         )
 
 
-def start_engine(spec: EngineSpec, keep_env: bool = False):
-    """Builds vLLM's ``AsyncLLM`` for ``spec`` (blocking: call it off the event loop, or before serving).
+def start_engine(spec: EngineSpec, keep_env: bool = False, in_process: bool = False):
+    """Builds the engine for ``spec`` (blocking: call it off the event loop, or before serving).
+
+    ``in_process=False``: vLLM's ``AsyncLLM``, whose engine core runs in a process of its own (the LLM
+    user simulator: it may share a process with a rollout engine, and two engine cores in one process
+    would share vLLM's process-wide state). ``True``: an ``InProcessEngine`` -- vLLM's ``LLMEngine``
+    stepped on a thread of this process, with the same async surface; a rollout worker's engine, saving
+    the engine-core process's start-up (it imports vLLM, torch and transformers again: ~17 s of CPU
+    per engine start on 2 cores, measured) and the hand-off of every request and output between processes.
 
     The environment is set while vLLM is imported and the engine built (the engine reads it then).
     ``keep_env=True`` leaves it set, for a process that exists for this engine (a rollout worker);
@@ -98,7 +108,14 @@ def start_engine(spec: EngineSpec, keep_env: bool = False):
     with _ENV_LOCK:
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
+        if in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # LLMEngine's core in this process
         try:
+            if in_process:
+                from vllm.engine.arg_utils import EngineArgs
+                from vllm.v1.engine.llm_engine import LLMEngine
+
+                return InProcessEngine(LLMEngine.from_engine_args(EngineArgs(**spec.engine_args())))
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -110,3 +127,133 @@ def start_engine(spec: EngineSpec, keep_env: bool = False):
                         os.environ.pop(k, None)
                     else:
                         os.environ[k] = v
+
+
+class EngineDead(RuntimeError):
+    """The in-process engine stopped (shut down, or a step raised): nothing more is served."""
+
+
+class InProcessEngine:
+    """vLLM's ``LLMEngine`` on one thread of this process, with the part of ``AsyncLLM``'s surface the
+    rollout uses: ``generate`` (yields the finished output), ``collective_rpc``, ``reset_prefix_cache``,
+    ``reset_encoder_cache``, ``model_config``, ``shutdown``.
+
+    ``LLMEngine`` is not thread-safe, so every call on it -- adding and aborting requests, RPCs, cache
+    resets, steps -- runs on the engine thread: callers queue a function and await its result. The thread
+    steps while requests are unfinished and otherwise sleeps until something is queued. A step that raises
+    fails every waiting request and every later call with ``EngineDead`` naming the error."""
+
+    def __init__(self, engine: Any):
+        self._engine = engine
+        self.model_config = engine.model_config
+        self._calls: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._waiting: Dict[str, concurrent.futures.Future] = {}  # request id -> its final output
+        self._dead: Optional[BaseException] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="vllm-engine", daemon=True)
+        self._thread.start()
+
+    # -- the engine thread ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._run_calls(block=not self._engine.has_unfinished_requests())
+                if self._engine.has_unfinished_requests():
+                    for out in self._engine.step():
+                        if out.finished:
+                            fut = self._waiting.pop(out.request_id, None)
+                            if fut is not None and not fut.done():
+                                fut.set_result(out)
+        except BaseException as e:  # noqa: BLE001 -- every waiter hears about it
+            self._dead = e
+        finally:
+            err = EngineDead(f"vLLM engine stopped: {type(self._dead).__name__}: {self._dead}"
+                             if self._dead is not None else "vLLM engine shut down")
+            for fut in list(self._waiting.values()):
+                if not fut.done():
+                    fut.set_exception(err)
+            self._waiting.clear()
+            self._fail_queued()
+
+    def _run_calls(self, block: bool) -> None:
+        try:
+            item = self._calls.get(timeout=0.5) if block else self._calls.get_nowait()
+        except queue.Empty:
+            return
+        while item is not None:
+            fn, fut = item
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as e:  # noqa: BLE001 -- the caller gets it
+                    fut.set_exception(e)
+            try:
+                item = self._calls.get_nowait()
+            except queue.Empty:
+                item = None
+
+    # -- callers (any thread, any event loop) --------------------------------------------------------
+    def _submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if self._dead is not None or self._stop.is_set() or not self._thread.is_alive():
+            fut.set_exception(EngineDead(f"vLLM engine stopped: {self._dead!r}" if self._dead else
+                                         "vLLM engine shut down"))
+            return fut
+        self._calls.put((fn, fut))
+        if not self._thread.is_alive():  # it ended between the check and the put: nobody will run this
+            self._fail_queued()
+        return fut
+
+    def _fail_queued(self) -> None:
+        err = EngineDead(f"vLLM engine stopped: {type(self._dead).__name__}: {self._dead}"
+                         if self._dead is not None else "vLLM engine shut down")
+        while True:
+            try:
+                _, fut = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.done():
+                fut.set_exception(err)
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.wrap_future(self._submit(fn))
+
+    async def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def add() -> None:
+            if request_id in self._waiting:
+                raise ValueError(f"request id {request_id!r} is already running")
+            self._engine.add_request(request_id, prompt, params)
+            self._waiting[request_id] = done
+
+        await self._call(add)
+        try:
+            out = await asyncio.wrap_future(done)
+        except asyncio.CancelledError:
+            def abort() -> None:
+                if self._waiting.pop(request_id, None) is not None:
+                    self._engine.abort_request([request_id])
+
+            self._submit(abort)
+            raise
+        yield out
+
+    async def collective_rpc(self, method: str, timeout: Optional[float] = None, args: tuple = (),
+                             kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        return await self._call(lambda: self._engine.collective_rpc(method, timeout, args, kwargs))
+
+    async def reset_prefix_cache(self) -> bool:
+        return await self._call(self._engine.reset_prefix_cache)
+
+    async def reset_encoder_cache(self) -> None:
+        return await self._call(self._engine.reset_encoder_cache)
+
+    def shutdown(self, timeout_s: float = 60.0) -> None:
+        """Stops the thread after its current step (failing waiting requests), then the engine core."""
+        self._stop.set()
+        self._calls.put((lambda: None, concurrent.futures.Future()))  # wakes a sleeping loop
+        self._thread.join(timeout=timeout_s)
+        if self._thread.is_alive():
+            raise TimeoutError(f"vLLM engine thread still stepping after {timeout_s}s")
+        self._engine.engine_core.shutdown()

@@ -78,20 +78,38 @@ class PPORecipe:
         rewards = batch.rewards.to(self.policy.device)
         self.policy.model.eval()  # no dropout in the tiny model; keeps real checkpoints deterministic too
 
-        # 1. Proximal log-probs and values under the current weights. Every loss term reads policy tokens
+        # The minibatches of every epoch, drawn up front (the same draws as one epoch at a time).
+        order_gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.step)
+        parts = [[sorted(int(i) for i in part)
+                  for part in np.array_split(np.asarray(torch.randperm(len(batch), generator=order_gen).tolist()),
+                                             c.minibatches)]
+                 for _ in range(c.ppo_epochs)]
+
+        # 1. Proximal log-probs (and values) under the current weights. Every loss term reads policy tokens
         #    only, so logits are computed there only (``sel``); values on every position (GAE reads them).
+        #    Without a critic nothing reads the proximal pass before the first update, whose own forward
+        #    runs at these same weights: its rows take their proximal log-probs from it, and only the
+        #    other rows are passed over here (with one minibatch and one epoch, none).
+        use_critic = uses_critic(c)
         sel = mask.bool()
+        first = [] if use_critic else parts[0][0]
+        rest = [i for i in range(len(batch)) if i not in set(first)]
+        prox = torch.zeros_like(behav)
+        old_values = torch.zeros_like(behav)
         with torch.no_grad():
-            logits, hidden = self.policy.forward(inputs, sel)
-            prox = self.policy.token_logprobs(logits, inputs, sel)
-            old_values = self.value_head(hidden).squeeze(-1)
+            if rest:
+                sub = batch.rows(rest) if len(rest) < len(batch) else batch
+                cut = sub.mask.shape[1]
+                logits, hidden = self.policy.forward(sub.model_inputs, sel[rest, :cut])
+                prox[rest, :cut] = self.policy.token_logprobs(logits, sub.model_inputs, sel[rest, :cut])
+                if use_critic:  # then ``rest`` is every row
+                    old_values = self.value_head(hidden).squeeze(-1)
+                del logits, hidden
             ref = None
             if self.reference is not None:
                 ref = self.reference.token_logprobs(self.reference.forward(inputs, sel)[0], inputs, sel)
-            del logits, hidden
 
-        # 2. Advantages and value targets.
-        use_critic = uses_critic(c)
+        # 2. Advantages and value targets (without a critic they read neither ``prox`` nor values).
         adv, returns = compute_advantages(c, batch, prox, behav, rewards, old_values, mask)
         # The behaviour policy enters the loss only through the decoupled importance weight; V-trace
         # already weights its targets by the (clipped) behaviour ratio.
@@ -100,21 +118,20 @@ class PPORecipe:
         # 3. Optimiser updates.
         sums: Dict[str, float] = {}
         n_updates = 0
-        order_gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.step)
         # Linear warm-up: Adam's first steps move every weight by ~lr whatever the gradient's size, which
         # on a freshly fine-tuned policy is a large, mostly random jump. A function of the step: resumable.
         lr = c.lr * min(1.0, (self.step + 1) / c.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        for _ in range(c.ppo_epochs):
-            order = torch.randperm(len(batch), generator=order_gen).tolist()
-            for part in np.array_split(np.asarray(order), c.minibatches):
-                idx = sorted(int(i) for i in part)
+        for epoch in parts:
+            for idx in epoch:
                 mb = batch.rows(idx) if len(idx) < len(batch) else batch
                 cut = mb.mask.shape[1]
                 m, m_sel = mask[idx, :cut], sel[idx, :cut]
                 logits, hidden = self.policy.forward(mb.model_inputs, m_sel)
                 logp = self.policy.token_logprobs(logits, mb.model_inputs, m_sel)
+                if idx is first:  # the first update, at the proximal weights
+                    prox[idx, :cut] = logp.detach()
                 pl, pm = ppo_policy_loss(
                     logp, prox[idx, :cut], None if behav_for_loss is None else behav_for_loss[idx, :cut],
                     adv[idx, :cut], m, clip_low=c.clip_low, clip_high=c.clip_high,

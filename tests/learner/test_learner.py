@@ -277,6 +277,30 @@ def test_every_estimator_and_loss_option_trains(policy, tiny_path, overrides):
     assert moved > 0  # the step changed the policy
 
 
+@pytest.mark.parametrize("overrides, proximal_rows", [
+    (["estimator=group", "minibatches=1"], 0),  # the update's own forward gives the proximal log-probs
+    (["estimator=group", "minibatches=2"], 2),  # the second minibatch's rows only
+    (["estimator=gae", "minibatches=2"], 4),  # a critic: every row's values before the first update
+])
+def test_the_proximal_pass_covers_only_rows_the_first_update_does_not(policy, tiny_path, overrides, proximal_rows):
+    from learner.recipe import PPORecipe
+
+    rng = np.random.default_rng(8)
+    scored = [make_scored_dialogue(policy, rng, f"t{i}", group=i // 2) for i in range(4)]
+    cfg = _learner_cfg("batch_size=4", "group_size=2", "kl_coef=0", *overrides)
+    recipe = PPORecipe(cfg, tiny_path)
+    recipe.setup()
+    rows = []
+    forward = recipe.policy.forward
+    recipe.policy.forward = lambda inputs, where=None: (rows.append(len(inputs["input_ids"])), forward(inputs, where))[1]
+    m = recipe.train_step(build_batch(recipe.policy, scored, cfg.reward_norm), version=0)
+    # Every proximal log-prob is the starting weights' own (the behaviour log-probs are exactly those).
+    assert m["behav/max_abs_logp_diff"] < 1e-4
+    updates = cfg.ppo_epochs * cfg.minibatches
+    assert len(rows) == (proximal_rows > 0) + updates + 1  # + the post-update diagnostic on a few rows
+    assert sum(rows[:-1]) == proximal_rows + 4 * cfg.ppo_epochs
+
+
 def test_batch_reward_norm_z_scores_each_component(policy):
     rng = np.random.default_rng(6)
     scored = [make_scored_dialogue(policy, rng, f"t{i}", n_turns=2, turn_reward=(float(i), 2.0 * i),
