@@ -84,7 +84,8 @@ class _ReloadGate:
 
 
 class RolloutEngine:
-    """Wraps vLLM's engine, run in this process (``antiphon.vllm_engine.InProcessEngine``). Create with ``await RolloutEngine.create(...)`` inside a running loop."""
+    """Wraps vLLM's engine, run in this process (``antiphon.vllm_engine.InProcessEngine``). Create with
+    ``await RolloutEngine.create(...)`` inside a running loop."""
 
     def __init__(self, model_path: str, rollout_cfg: RolloutConfig, model_cfg: ModelConfig, seed: int):
         self.model_path = str(model_path)

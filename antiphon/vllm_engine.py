@@ -167,8 +167,7 @@ class InProcessEngine:
         except BaseException as e:  # noqa: BLE001 -- every waiter hears about it
             self._dead = e
         finally:
-            err = EngineDead(f"vLLM engine stopped: {type(self._dead).__name__}: {self._dead}"
-                             if self._dead is not None else "vLLM engine shut down")
+            err = self._dead_error()
             for fut in list(self._waiting.values()):
                 if not fut.done():
                     fut.set_exception(err)
@@ -196,17 +195,20 @@ class InProcessEngine:
     def _submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         if self._dead is not None or self._stop.is_set() or not self._thread.is_alive():
-            fut.set_exception(EngineDead(f"vLLM engine stopped: {self._dead!r}" if self._dead else
-                                         "vLLM engine shut down"))
+            fut.set_exception(self._dead_error())
             return fut
         self._calls.put((fn, fut))
         if not self._thread.is_alive():  # it ended between the check and the put: nobody will run this
             self._fail_queued()
         return fut
 
+    def _dead_error(self) -> EngineDead:
+        if self._dead is None:
+            return EngineDead("vLLM engine shut down")
+        return EngineDead(f"vLLM engine stopped: {type(self._dead).__name__}: {self._dead}")
+
     def _fail_queued(self) -> None:
-        err = EngineDead(f"vLLM engine stopped: {type(self._dead).__name__}: {self._dead}"
-                         if self._dead is not None else "vLLM engine shut down")
+        err = self._dead_error()
         while True:
             try:
                 _, fut = self._calls.get_nowait()
