@@ -81,8 +81,7 @@ class PPORecipe:
         # The minibatches of every epoch, drawn up front (the same draws as one epoch at a time).
         order_gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.step)
         parts = [[sorted(int(i) for i in part)
-                  for part in np.array_split(np.asarray(torch.randperm(len(batch), generator=order_gen).tolist()),
-                                             c.minibatches)]
+                  for part in np.array_split(torch.randperm(len(batch), generator=order_gen).numpy(), c.minibatches)]
                  for _ in range(c.ppo_epochs)]
 
         # 1. Proximal log-probs (and values) under the current weights. Every loss term reads policy tokens
@@ -93,7 +92,7 @@ class PPORecipe:
         use_critic = uses_critic(c)
         sel = mask.bool()
         first = [] if use_critic else parts[0][0]
-        rest = [i for i in range(len(batch)) if i not in set(first)]
+        rest = sorted(set(range(len(batch))) - set(first))
         prox = torch.zeros_like(behav)
         old_values = torch.zeros_like(behav)
         with torch.no_grad():
